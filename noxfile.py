@@ -1,0 +1,61 @@
+"""Test sessions for the ebmkit monorepo: one `tests` session per workspace member, plus lint.
+
+    nox                      # lint + every member's tests (what CI runs)
+    nox -s "tests(package='ebmkit-core')"
+    nox -s slow              # long statistical checks and reproductions (opt-in)
+
+Each tests session syncs only its member (and that member's `test` dependency group) into its
+own virtual environment with uv, so a member that forgets to declare a dependency fails here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+nox.options.default_venv_backend = "uv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "tests"]
+
+MEMBERS = {
+    p.name: p
+    for group in ("packages", "plugins")
+    for p in sorted((ROOT / group).glob("*"))
+    if (p / "pyproject.toml").is_file()
+}
+
+
+def _sync(session: nox.Session, package: str, *extra: str) -> None:
+    env = {"UV_PROJECT_ENVIRONMENT": session.virtualenv.location}
+    session.run_install("uv", "sync", "--package", package, "--group", "test", *extra,
+                        env=env, silent=True)
+
+
+@nox.session
+@nox.parametrize("package", list(MEMBERS))
+def tests(session: nox.Session, package: str) -> None:
+    """Run one member's test suite in an environment holding only that member."""
+    _sync(session, package)
+    tests_dir = MEMBERS[package] / "tests"
+    args = session.posargs or ["-m", "not slow", "-q"]
+    session.run("pytest", str(tests_dir), *args, env={"MPLBACKEND": "Agg"})
+
+
+@nox.session
+def slow(session: nox.Session) -> None:
+    """Opt-in: long statistical checks and the toy reproductions (marked `slow`)."""
+    for package in MEMBERS:
+        _sync(session, package, "--inexact")
+    dirs = [str(p / "tests") for p in MEMBERS.values()]
+    session.run("pytest", *dirs, "-m", "slow", "-q", *session.posargs, env={"MPLBACKEND": "Agg"},
+                success_codes=[0, 5])
+
+
+@nox.session(venv_backend="uv")
+def lint(session: nox.Session) -> None:
+    """ruff over the whole tree."""
+    session.install("ruff>=0.5")
+    session.run("ruff", "check", ".")

@@ -1,0 +1,28 @@
+"""Presets: run configurations shipped as TOML files in ``ebmkit/presets``.
+
+The first line of each file is ``# <one-line summary>``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..hookspecs import hookimpl
+from ..plugins import Preset
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
+
+
+def presets_in(directory: Path) -> list[Preset]:
+    out = []
+    for path in sorted(directory.glob("*.toml")):
+        first = path.read_text().splitlines()[:1]
+        summary = first[0].lstrip("#").strip() if first and first[0].startswith("#") else ""
+        out.append(Preset(path.stem, summary, path))
+    return out
+
+
+@hookimpl
+def ebmkit_register(register):
+    for preset in presets_in(PRESET_DIR):
+        register(preset)

@@ -1,0 +1,193 @@
+"""Checkpoints: one ``.safetensors`` file per energy, plus tensor-only training state for resume.
+
+An energy checkpoint holds the energy's weights and, in the safetensors header metadata
+(strings only):
+
+* ``format``          ``ebmkit.energy/1``
+* ``ebmkit_version``  the version that wrote it
+* ``step``            the training iteration
+* ``energy``          the registered energy name
+* ``shape``           JSON list, one example's shape
+* ``config``          JSON of the whole run document (energy, sampler, init, data, train)
+
+Loading needs no pickle and rebuilds the energy by name through the registry. Training state
+(optimizer tensors, persistent buffer, RNG states) is also written with safetensors; its
+non-tensor parts (step, optimizer hyper-parameters) go into JSON. Every file is written to a
+temporary name and renamed, so an interrupted write never replaces a good file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from .errors import CheckpointError, ConfigError, UnknownComponentError
+
+FORMAT = "ebmkit.energy/1"
+STATE_FORMAT = "ebmkit.state/1"
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path`` (same directory, atomic on POSIX)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda p: Path(p).write_text(text))
+
+
+def save_energy(path: Path, energy: torch.nn.Module, *, doc: Mapping[str, Any], step: int,
+                extra_meta: Mapping[str, str] | None = None) -> Path:
+    """Write ``energy``'s weights and metadata to ``path`` atomically."""
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in energy.state_dict().items()}
+    meta = {
+        "format": FORMAT,
+        "ebmkit_version": _version(),
+        "step": str(int(step)),
+        "energy": str(energy.name),
+        "shape": json.dumps(list(energy.shape)),
+        "config": json.dumps(doc, sort_keys=False),
+    }
+    meta.update(extra_meta or {})
+    atomic_write(Path(path), lambda p: save_file(tensors, p, metadata=meta))
+    return Path(path)
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The header metadata of a safetensors file (raises CheckpointError if unreadable)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({exc}); it may be truncated or corrupt"
+        ) from None
+
+
+def load_energy(path: Path, registry=None, *, device: str | torch.device = "cpu"):
+    """Rebuild an energy from a checkpoint. Returns ``(energy, meta)`` where ``meta['config']``
+    is the run document (a dict)."""
+    from .config import build
+
+    path = Path(path)
+    meta = read_metadata(path)
+    if meta.get("format") != FORMAT:
+        found = meta.get("format", "no ebmkit metadata")
+        raise CheckpointError(
+            f"{path} is not an ebmkit energy checkpoint (format: {found}); "
+            "expected a file written by `ebmkit run`"
+        )
+    try:
+        doc = json.loads(meta["config"])
+        shape = tuple(json.loads(meta["shape"]))
+        name = meta["energy"]
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: damaged ebmkit metadata ({exc})") from None
+    if registry is None:
+        from .plugins import default_registry
+
+        registry = default_registry()
+    try:
+        cls = registry.get("energy", name)
+    except UnknownComponentError as exc:
+        raise CheckpointError(f"{path} needs energy '{name}', which is not installed: {exc}") from None
+    params = {k: v for k, v in doc.get("energy", {}).items() if k != "name"}
+    try:
+        cfg = build(cls.Config, params, where="energy")
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: its energy config does not fit this ebmkit ({exc})") from None
+    energy = cls(cfg, shape)
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: cannot read weights ({exc})") from None
+    try:
+        energy.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: weights do not match energy '{name}' ({first})") from None
+    energy.to(device).eval()
+    meta = dict(meta)
+    meta["config"] = doc
+    meta["shape"] = shape
+    meta["step"] = int(meta.get("step", 0))
+    return energy, meta
+
+
+# ---------------------------------------------------------------------------------------------
+# Training state (resume)
+# ---------------------------------------------------------------------------------------------
+def flatten_optimizer(state: Mapping[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Split ``optimizer.state_dict()`` into tensors (for safetensors) and JSON-able rest."""
+    tensors: dict[str, Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for pid, st in state["state"].items():
+        for k, v in st.items():
+            key = f"optim.{pid}.{k}"
+            if isinstance(v, Tensor):
+                tensors[key] = v.detach().to("cpu").contiguous()
+            else:
+                scalars[key] = v
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def unflatten_optimizer(tensors: Mapping[str, Tensor], rest: Mapping[str, Any]) -> dict[str, Any]:
+    st: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            _, pid, k = key.split(".", 2)
+            st.setdefault(int(pid), {})[k] = v
+    for key, v in rest.get("scalars", {}).items():
+        _, pid, k = key.split(".", 2)
+        st.setdefault(int(pid), {})[k] = v
+    return {"state": st, "param_groups": rest["param_groups"]}
+
+
+def save_state(path: Path, tensors: Mapping[str, Tensor], *, step: int) -> None:
+    t = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    meta = {"format": STATE_FORMAT, "step": str(int(step)), "ebmkit_version": _version()}
+    atomic_write(Path(path), lambda p: save_file(t, p, metadata=meta))
+
+
+def load_state(path: Path, *, step: int | None = None) -> dict[str, Tensor]:
+    meta = read_metadata(path)
+    if meta.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{path} is not an ebmkit training-state file")
+    if step is not None and int(meta.get("step", -1)) != step:
+        raise CheckpointError(
+            f"{path} is from step {meta.get('step')} but the run is at step {step}; "
+            "the run directory is inconsistent (was a save interrupted?)"
+        )
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc})") from None

@@ -1,0 +1,5 @@
+"""The ``ebmkit`` command line (typer + rich)."""
+
+from .main import app, main
+
+__all__ = ["app", "main"]

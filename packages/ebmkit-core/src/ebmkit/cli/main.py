@@ -1,0 +1,331 @@
+"""``ebmkit`` commands: run, sample, list, describe, plugins (+ commands added by plugins)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ..errors import ConfigError, EbmkitError
+
+app = typer.Typer(
+    name="ebmkit",
+    help="Learn energy-based models by MCMC-based maximum likelihood.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _registry():
+    from ..plugins import default_registry
+
+    return default_registry()
+
+
+def _completer(kind: str):
+    def complete(incomplete: str):
+        try:
+            return [n for n in _registry().names(kind) if n.startswith(incomplete)]
+        except Exception:  # completion must never crash the shell
+            return []
+
+    return complete
+
+
+def _check_name(kind: str):
+    """Typer callback: validate a component name against the registry (did-you-mean)."""
+
+    def check(value: str | None):
+        if value is not None:
+            _registry().get(kind, value)  # raises UnknownComponentError (one line)
+        return value
+
+    return check
+
+
+EnergyOpt = Annotated[str | None, typer.Option("--energy", "-e", help="Energy name (ebmkit list energies).",
+                                                autocompletion=_completer("energy"), callback=_check_name("energy"))]
+SamplerOpt = Annotated[str | None, typer.Option("--sampler", "-s", help="Sampler name (ebmkit list samplers).",
+                                                 autocompletion=_completer("sampler"), callback=_check_name("sampler"))]
+InitOpt = Annotated[str | None, typer.Option("--init", "-i", help="Chain initializer (ebmkit list initializers).",
+                                              autocompletion=_completer("initializer"), callback=_check_name("initializer"))]
+DataOpt = Annotated[str | None, typer.Option("--data", "-d", help="Dataset name (ebmkit list datasets).",
+                                              autocompletion=_completer("dataset"))]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override SECTION.KEY=VALUE (repeatable), e.g. sampler.steps=40.")]
+
+
+def _data_name(value: str | None) -> tuple[str | None, list[str]]:
+    """``--data NAME`` or ``--data shards:PATTERN`` (a dataset plugin may define a prefix)."""
+    if value is None:
+        return None, []
+    if ":" in value:
+        prefix, rest = value.split(":", 1)
+        _registry().get("dataset", prefix)
+        return prefix, [f"data.path={rest}"]
+    _registry().get("dataset", value)
+    return value, []
+
+
+@app.command()
+def run(
+    preset: Annotated[str | None, typer.Option("--preset", "-p", help="Start from a preset (ebmkit list presets).",
+                                               autocompletion=_completer("preset"))] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="A run TOML file.")] = None,
+    energy: EnergyOpt = None,
+    sampler: SamplerOpt = None,
+    init: InitOpt = None,
+    data: DataOpt = None,
+    set_: SetOpt = None,
+    iterations: Annotated[int | None, typer.Option("--iterations", "-n", help="Shortcut for --set train.iterations=N.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Shortcut for --set train.seed=N.")] = None,
+    device: Annotated[str | None, typer.Option(help="Shortcut for --set train.device=...")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/<name>-<time>).")] = None,
+    resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run saved in this directory.")] = None,
+    force: Annotated[bool, typer.Option(help="Write into a directory that already holds a run.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")] = False,
+):
+    """Train an EBM (Algorithm 1): data -> MCMC negatives -> mean U(x+) - mean U(x-)."""
+    from ..config import dumps_toml
+    from ..runconfig import build_document, load_toml, resolve
+    from ..train import load_run, train
+
+    reg = _registry()
+    overrides = list(set_ or [])
+    if iterations is not None:
+        overrides.append(f"train.iterations={iterations}")
+    if seed is not None:
+        overrides.append(f"train.seed={seed}")
+    if device is not None:
+        overrides.append(f"train.device={device}")
+
+    if resume is not None:
+        if any(v is not None for v in (preset, config, energy, sampler, init, data)):
+            raise ConfigError("--resume continues a saved run; only --set train.iterations=... (and logging options) may change")
+        spec = load_run(resume, reg, overrides)
+        out_dir = resume
+    else:
+        data_name, data_over = _data_name(data)
+        preset_doc = reg.get("preset", preset).read() if preset else None
+        config_doc = load_toml(config) if config else None
+        doc = build_document(preset_doc=preset_doc, config_doc=config_doc,
+                             names={"energy": energy, "sampler": sampler, "init": init, "data": data_name},
+                             overrides=data_over + overrides)
+        spec = resolve(doc, reg)
+        if dry_run:
+            console.print(dumps_toml(spec.document()), highlight=False, markup=False)
+            return
+        tag = preset or spec.classes["energy"].name
+        out_dir = out or Path("runs") / f"{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if (out_dir / "model.safetensors").exists() and not force:
+            raise ConfigError(f"{out_dir} already holds a run; use --resume {out_dir}, another --out, or --force")
+
+    c = spec.classes
+    console.print(
+        f"[bold]ebmkit run[/] energy={c['energy'].name} sampler={c['sampler'].name} "
+        f"init={c['init'].name} data={c['data'].name}  iterations={spec.train.iterations} "
+        f"batch={spec.train.batch_size} K={spec.configs['sampler'].steps if hasattr(spec.configs['sampler'], 'steps') else '?'}"
+        f"  -> {out_dir}", highlight=False)
+    result = train(spec, out_dir, resume=resume is not None, progress=progress, console=console)
+    if result.step and result.last:
+        lt = result.last
+        console.print(f"done: step {result.step}, d_t {lt['d_t']:+.4g}, v_t {lt['v_t']:.4g}", highlight=False)
+    console.print(f"checkpoint: {result.checkpoint}\nsamples:    {out_dir / 'samples'}\n"
+                  f"diagnostics: {out_dir / 'diagnostics.csv'}, {out_dir / 'plots'}", highlight=False)
+
+
+@app.command()
+def sample(
+    checkpoint: Annotated[Path, typer.Argument(help="A model .safetensors written by ebmkit run.")],
+    n: Annotated[int, typer.Option("-n", min=1, help="Number of samples.")] = 64,
+    steps: Annotated[int | None, typer.Option("--steps", "-k", min=0, help="MCMC steps K (default: the run's sampling K).")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG grid (or .safetensors for raw tensors).")] = Path("samples.png"),
+    sampler: SamplerOpt = None,
+    init: InitOpt = None,
+    set_: SetOpt = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    noise: Annotated[bool, typer.Option(help="Langevin noise on/off (off: the deterministic generator x = M(z)).")] = True,
+    device: Annotated[str, typer.Option(help="cpu, cuda, auto.")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Chains run at once.")] = 256,
+):
+    """Draw samples from a checkpoint (needs nothing but the .safetensors file)."""
+    import torch
+
+    from ..checkpoint import load_energy
+    from ..components import EBM
+    from ..images import save_grid
+    from ..runconfig import apply_overrides, merge, resolve
+    from ..train import pick_device
+
+    reg = _registry()
+    dev = pick_device(device)
+    energy, meta = load_energy(checkpoint, reg, device=dev)
+    doc = meta["config"]
+    if sampler or init:
+        doc = merge(doc, {k: {"name": v} for k, v in (("sampler", sampler), ("init", init)) if v})
+    for o in set_ or []:
+        if o.split(".", 1)[0] not in ("sampler", "init"):
+            raise ConfigError(f"--set {o}: only sampler.* and init.* can be changed when sampling")
+    spec = resolve(apply_overrides(doc, set_ or []), reg)
+    smp = spec.sampler()
+    ini = spec.initializer(meta["shape"])
+    if spec.classes["init"].name != "noise" and not hasattr(ini, "buffer"):
+        raise ConfigError(f"sampling from a checkpoint needs a standalone initializer such as 'noise', not '{spec.classes['init'].name}'")
+    if spec.classes["init"].name == "persistent":
+        ini = reg.create("initializer", "noise", {}, meta["shape"])
+    k = steps if steps is not None else (spec.train.sample_steps if spec.train.sample_steps is not None else smp.default_steps)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    model = EBM(energy=energy, sampler=smp, initializer=ini, steps=k, meta=meta)
+    t0 = time.perf_counter()
+    x = model.sample(n, generator=gen, noise=noise, batch_size=batch_size)
+    dt = time.perf_counter() - t0
+    if not torch.isfinite(x).all():
+        raise EbmkitError(f"sampling produced non-finite values with K={k}; try fewer --steps or a smaller step size")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({"samples": x.cpu().contiguous()}, str(output), metadata={"steps": str(k), "source": str(checkpoint)})
+    elif len(meta["shape"]) == 3:
+        save_grid(x, output)
+    else:
+        raise ConfigError(f"samples of shape {tuple(meta['shape'])} are not images; use -o samples.safetensors")
+    console.print(f"{n} samples, K={k}, {dt:.1f}s -> {output}", highlight=False)
+
+
+@app.command("list")
+def list_(
+    kind: Annotated[str | None, typer.Argument(help="energies, samplers, initializers, evaluators, datasets or presets.")] = None,
+):
+    """List registered components: name, plugin, version, description."""
+    from ..plugins import normalize_kind
+
+    reg = _registry()
+    kinds = [normalize_kind(kind)] if kind else ["energy", "sampler", "initializer", "dataset", "evaluator", "preset"]
+    table = Table(show_lines=False)
+    if not kind:
+        table.add_column("kind", style="magenta")
+    table.add_column("name", style="bold cyan")
+    table.add_column("plugin")
+    table.add_column("version")
+    table.add_column("description")
+    for k in kinds:
+        for e in reg.entries(k):
+            row = [e.name, e.dist or e.plugin, e.version, e.summary]
+            table.add_row(*([k] if not kind else []), *row)
+    console.print(table)
+    if reg.load_errors:
+        err_console.print(f"[yellow]{len(reg.load_errors)} plugin(s) failed to load; see `ebmkit plugins`[/]")
+
+
+@app.command()
+def describe(
+    kind: Annotated[str, typer.Argument(help="energy, sampler, initializer, evaluator, dataset, preset or train.")],
+    name: Annotated[str | None, typer.Argument(help="Registered name.")] = None,
+):
+    """Show a component's parameters (name, type, default, meaning) or a preset's TOML."""
+    from ..config import params
+    from ..plugins import normalize_kind
+    from ..runconfig import TrainConfig
+
+    reg = _registry()
+    if kind == "train":
+        cls, title = TrainConfig, "[train] options"
+        doc = TrainConfig.__doc__ or ""
+    else:
+        k = normalize_kind(kind)
+        if name is None:
+            raise ConfigError(f"ebmkit describe {kind} NAME: give a name; known: {', '.join(reg.names(k))}")
+        entry = reg.entry(k, name)
+        if k == "preset":
+            console.print(f"[bold]{name}[/]: {entry.summary}\n")
+            console.print(entry.obj.path.read_text(), highlight=False, markup=False)
+            return
+        cls, title = entry.obj.Config, f"{k} [bold cyan]{name}[/] ({entry.dist or entry.plugin} {entry.version})"
+        doc = entry.summary
+    console.print(title)
+    if doc:
+        console.print(doc, highlight=False)
+    table = Table()
+    for col in ("parameter", "type", "default", "description"):
+        table.add_column(col)
+    for p in params(cls):
+        extra = []
+        if p.choices:
+            extra.append("one of: " + ", ".join(map(str, p.choices)))
+        if p.min is not None:
+            extra.append((">" if p.min_exclusive else ">=") + f" {p.min}")
+        if p.max is not None:
+            extra.append(f"<= {p.max}")
+        desc = escape(p.help) + (f" [{'; '.join(extra)}]" if extra else "")
+        default = "(required)" if p.required else repr(p.default)
+        table.add_row(p.name, p.type_name, default, desc)
+    console.print(table)
+
+
+@app.command()
+def plugins():
+    """Installed plugins: distribution, version, hooks implemented, load errors."""
+    from ..plugins import default, plugin_infos
+
+    pm, reg = default()
+    table = Table()
+    for col in ("plugin", "distribution", "version", "hooks", "status"):
+        table.add_column(col)
+    for info in plugin_infos(pm):
+        status = "[red]error: " + info.error + "[/]" if info.error else ("[yellow]blocked[/]" if info.blocked else "[green]ok[/]")
+        table.add_row(info.name, info.dist, info.version, ", ".join(info.hooks), status)
+    console.print(table)
+
+
+def _add_plugin_commands() -> None:
+    from ..plugins import default
+
+    pm, _ = default()
+    for impl in pm.hook.ebmkit_cli.get_hookimpls():
+        try:
+            impl.function(**{k: app for k in impl.argnames})
+        except Exception as exc:  # a plugin's CLI hook must not break the CLI
+            err_console.print(f"[yellow]plugin '{impl.plugin_name}' failed to add commands: {exc}[/]")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: user errors become one line on stderr and a non-zero exit code."""
+    try:
+        _add_plugin_commands()
+        app(args=argv, standalone_mode=False)
+    except EbmkitError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return _exit(exc.exit_code, argv)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; checkpoints already written are intact")
+        return _exit(130, argv)
+    except typer.Exit as exc:
+        return _exit(exc.exit_code, argv)
+    except typer.Abort:
+        return _exit(1, argv)
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return _exit(exc.exit_code, argv)
+        if isinstance(exc, click.exceptions.Exit):
+            return _exit(exc.exit_code, argv)
+        raise
+    return _exit(0, argv)
+
+
+def _exit(code: int, argv) -> int:
+    if argv is None:
+        sys.exit(code)
+    return code

@@ -1,0 +1,42 @@
+"""The hook specifications of ebmkit: every hook a plugin may implement.
+
+Plugins are modules (or objects) listed under the ``ebmkit`` entry-point group::
+
+    [project.entry-points.ebmkit]
+    my_sampler = "my_package.plugin"
+
+and implement hooks with ``@ebmkit.hookimpl``. A hook implementation may accept a subset of the
+arguments named in the spec. ebmkit's own built-ins are registered through the same path.
+Every hook here is documented in ``docs/plugins/hooks.md``; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pluggy
+
+PROJECT = "ebmkit"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def ebmkit_register(register: Callable[[Any], Any]) -> None:
+    """Register components.
+
+    Call ``register(cls)`` for each class the plugin provides: a subclass of
+    :class:`ebmkit.Energy`, :class:`ebmkit.Sampler`, :class:`ebmkit.Initializer`,
+    :class:`ebmkit.Evaluator` or :class:`ebmkit.DataSource` (the kind is read from the base
+    class), or a :class:`ebmkit.Preset`. Names are unique across all installed plugins; a
+    second plugin claiming a taken name is an error naming both.
+    """
+
+
+@hookspec
+def ebmkit_cli(app: Any) -> None:
+    """Add commands to the ``ebmkit`` command line.
+
+    ``app`` is the root :class:`typer.Typer`; add commands with ``@app.command()`` or groups with
+    ``app.add_typer(...)``. Keep the hook cheap: import heavy modules inside the commands.
+    """

@@ -1,0 +1,197 @@
+"""A run is one TOML document with five sections::
+
+    [energy]  name = "convnet32"   nf = 32
+    [sampler] name = "langevin"    steps = 40
+    [init]    name = "noise"
+    [data]    name = "mnist5k"     resolution = 32
+    [train]   iterations = 300     batch_size = 64   lr = 1e-4   data_noise = 0.1
+
+Layers, later wins: built-in defaults < ``--preset`` < ``--config`` < component flags
+(``--energy``) < ``--set section.key=value``. Changing a component's name drops the parameters
+that belonged to the previous one. :func:`resolve` validates everything against the registry
+and the component configs and returns a :class:`RunSpec`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import build, param, parse_override, to_dict
+from .errors import ConfigError
+
+SECTIONS = {"energy": "energy", "sampler": "sampler", "init": "initializer", "data": "dataset"}
+ALL_SECTIONS = (*SECTIONS, "train")
+
+DEFAULT_DOC: dict[str, dict[str, Any]] = {
+    "energy": {"name": "convnet32"},
+    "sampler": {"name": "langevin"},
+    "init": {"name": "noise"},
+    "data": {"name": "mnist5k"},
+    "train": {},
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    iterations: int = param(1000, "Parameter updates (learning iterations).", min=0)
+    batch_size: int = param(64, "Data batch size m; also the number of chains per update (per process).", min=1)
+    optimizer: str = param("adam", "adam (non-convergent ML) or sgd (convergent ML).", choices=("adam", "sgd"))
+    lr: float = param(1e-4, "Learning rate (gamma; gamma_0 when convergent = true).", min=0.0, min_exclusive=True)
+    betas: tuple[float, ...] = param((0.9, 0.999), "Adam betas.")
+    momentum: float = param(0.0, "SGD momentum (convergent ML: 0).", min=0.0, max=1.0)
+    weight_decay: float = param(0.0, "Weight decay (off in the papers).", min=0.0)
+    lr_schedule: str = param("constant", "constant, exponential (lr *= lr_decay every lr_decay_every iters) or step.",
+                             choices=("constant", "exponential", "step"))
+    lr_decay: float = param(1.0, "Decay factor of the exponential/step schedule.", min=0.0, max=1.0,
+                            min_exclusive=True)
+    lr_decay_every: int = param(1, "Iterations between decays.", min=1)
+    data_noise: float = param(0.03, "Std sigma of Gaussian noise added to data batches (short-run paper: 0.03).", min=0.0)
+    data_noise_final: float | None = param(None, "If set, sigma is annealed linearly to this by the last iteration.", min=0.0)
+    steps_max: int | None = param(None, "If set, K is drawn uniformly from [sampler.steps, steps_max] every iteration (rebuttal: [100, 120]).", min=1)
+    sample_steps: int | None = param(None, "K used when sampling from the trained model (default: sampler.steps).", min=0)
+    convergent: bool = param(False, "Anatomy App. A recipe: U = F/(eps^2/2) (energy.scale), lr = (eps^2/2)*lr; needs sampler.step_size, SGD without momentum.")
+    seed: int = param(0, "Random seed (model init, data order, chains).")
+    device: str = param("auto", "auto, cpu, cuda, cuda:N or mps.")
+    mixed_precision: str = param("no", "Autocast for the loss forward: no, bf16 or fp16 (Accelerate).", choices=("no", "bf16", "fp16"))
+    log_every: int = param(1, "Write diagnostics every N iterations.", min=1)
+    sample_every: int = param(100, "Write a sample grid every N iterations (0 = only at the end).", min=0)
+    checkpoint_every: int = param(500, "Write model.safetensors and the resume state every N iterations (0 = only at the end).", min=0)
+    grid_size: int = param(64, "Samples in each grid.", min=1)
+    plots: bool = param(True, "Write the diagnostics plots at the end.")
+
+    def __post_init__(self):
+        if self.steps_max is not None and self.steps_max < 1:
+            raise ValueError("steps_max must be >= 1")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError("betas must be two numbers in [0, 1)")
+
+
+def load_toml(path: Path) -> dict[str, dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML ({exc})") from None
+    check_sections(doc, str(path))
+    return doc
+
+
+def check_sections(doc: Mapping[str, Any], where: str) -> None:
+    for key, value in doc.items():
+        if key not in ALL_SECTIONS:
+            raise ConfigError(f"{where}: unknown section [{key}]; valid: {', '.join(ALL_SECTIONS)}")
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: [{key}] must be a table")
+
+
+def merge(base: Mapping[str, Mapping[str, Any]], over: Mapping[str, Mapping[str, Any]]) -> dict:
+    out = copy.deepcopy({k: dict(v) for k, v in base.items()})
+    for section, table in over.items():
+        cur = out.setdefault(section, {})
+        if "name" in table and section != "train" and table["name"] != cur.get("name"):
+            cur.clear()  # another component: the old one's parameters do not apply
+        cur.update(table)
+    return out
+
+
+def set_names(doc: dict, names: Mapping[str, str | None]) -> dict:
+    return merge(doc, {s: {"name": n} for s, n in names.items() if n})
+
+
+def apply_overrides(doc: dict, overrides: Iterable[str]) -> dict:
+    doc = copy.deepcopy(doc)
+    for text in overrides:
+        section, key, value = parse_override(text)
+        if section not in ALL_SECTIONS:
+            raise ConfigError(f"--set {text!r}: unknown section '{section}'; valid: {', '.join(ALL_SECTIONS)}")
+        if key == "name" and section != "train":
+            doc = merge(doc, {section: {"name": value}})
+        else:
+            doc.setdefault(section, {})[key] = value  # a string; typed by resolve()
+    return doc
+
+
+@dataclass
+class RunSpec:
+    """A validated run: component classes, their configs and the train config."""
+
+    classes: dict[str, type]
+    configs: dict[str, Any]
+    train: TrainConfig
+    registry: Any
+
+    def document(self) -> dict[str, dict[str, Any]]:
+        """The fully resolved document (every parameter explicit)."""
+        doc = {}
+        for section in SECTIONS:
+            doc[section] = {"name": self.classes[section].name, **to_dict(self.configs[section])}
+        doc["train"] = to_dict(self.train)
+        return doc
+
+    def data_source(self):
+        return self.classes["data"](self.configs["data"])
+
+    def energy(self, shape):
+        return self.classes["energy"](self.configs["energy"], shape)
+
+    def sampler(self):
+        return self.classes["sampler"](self.configs["sampler"])
+
+    def initializer(self, shape):
+        return self.classes["init"](self.configs["init"], shape)
+
+
+def resolve(doc: Mapping[str, Mapping[str, Any]], registry) -> RunSpec:
+    check_sections(doc, "run config")
+    doc = merge(DEFAULT_DOC, doc)
+    classes, configs = {}, {}
+    for section, kind in SECTIONS.items():
+        table = dict(doc.get(section, {}))
+        name = table.pop("name", None)
+        if not name:
+            raise ConfigError(f"[{section}] needs a name")
+        cls = registry.get(kind, str(name))
+        classes[section] = cls
+        configs[section] = build(cls.Config, table, where=section)
+    train = build(TrainConfig, doc.get("train", {}), where="train")
+    if train.convergent:
+        configs = _convergent(configs, classes, train)
+        eps = configs["sampler"].step_size
+        train = dataclasses.replace(train, lr=train.lr * eps * eps / 2, convergent=False)
+    return RunSpec(classes, configs, train, registry)
+
+
+def _convergent(configs: dict, classes: dict, train: TrainConfig) -> dict:
+    """Apply the anatomy paper's App. A rescaling; record it explicitly in the configs."""
+    s = configs["sampler"]
+    eps = getattr(s, "step_size", None)
+    if eps is None:
+        raise ConfigError("train.convergent needs sampler.step_size (eps), e.g. --set sampler.step_size=0.015")
+    if train.optimizer != "sgd" or train.momentum != 0:
+        raise ConfigError("train.convergent uses SGD without momentum: set train.optimizer=sgd and train.momentum=0")
+    e = configs["energy"]
+    if not hasattr(e, "scale"):
+        raise ConfigError(f"train.convergent needs an energy with a 'scale' parameter; '{classes['energy'].name}' has none")
+    configs = dict(configs)
+    configs["energy"] = dataclasses.replace(e, scale=e.scale * 2 / (eps * eps))
+    return configs
+
+
+def build_document(*, preset_doc=None, config_doc=None, names=None, overrides=()) -> dict:
+    doc = copy.deepcopy(DEFAULT_DOC)
+    if preset_doc:
+        doc = merge(doc, preset_doc)
+    if config_doc:
+        doc = merge(doc, config_doc)
+    if names:
+        doc = set_names(doc, names)
+    return apply_overrides(doc, overrides)

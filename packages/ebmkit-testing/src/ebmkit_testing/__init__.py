@@ -1,0 +1,1 @@
+"""ebmkit-testing: conformance kit for ebmkit components."""
