@@ -98,9 +98,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
-        if value is None or (isinstance(value, str) and value.lower() in {"none", "null"}):
-            if type(None) in args:
-                return None
+        is_none = value is None or (isinstance(value, str) and value.lower() in {"none", "null"})
+        if is_none and type(None) in args:
+            return None
         errors = []
         for a in args:
             if a is type(None):

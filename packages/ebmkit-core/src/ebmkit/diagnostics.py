@@ -30,7 +30,7 @@ class CSVLog:
                 next(reader, None)
                 rows = [r for r in reader if r and int(r[0]) <= keep_until]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "w", newline="")
+        self._f = open(self.path, "w", newline="")  # noqa: SIM115 - kept open for the run
         self._w = csv.writer(self._f)
         self._w.writerow(COLUMNS)
         self._w.writerows(rows)

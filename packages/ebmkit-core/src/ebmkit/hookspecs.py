@@ -12,7 +12,8 @@ Every hook here is documented in ``docs/plugins/hooks.md``; a test keeps the two
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pluggy
 

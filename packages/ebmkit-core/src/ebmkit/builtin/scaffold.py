@@ -1,0 +1,1 @@
+"""Plugin scaffold: `ebmkit plugin new` (see issue 7)."""
