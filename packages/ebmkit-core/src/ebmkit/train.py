@@ -222,7 +222,7 @@ def train(
                     acc_s = f" acc {accept:.2f}" if not math.isnan(accept) else ""
                     bar.update(task, completed=it + 1,
                                info=f"d_t {d_t:+.3g}  v_t {v_t:.3g}  K {k}{acc_s}")
-                if cfg.sample_every and (it + 1) % cfg.sample_every == 0:
+                if cfg.sample_every and (it + 1) % cfg.sample_every == 0 and len(shape) == 3:
                     save_grid(x_neg[: cfg.grid_size], samples_dir / f"iter_{it + 1:06d}.png")
             if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < cfg.iterations:
                 _save_all(accelerator, out_dir, model, optimizer, init, gen, gen_data, doc, it + 1)
@@ -234,7 +234,8 @@ def train(
     if step >= cfg.iterations:
         _save_all(accelerator, out_dir, model, optimizer, init, gen, gen_data, doc, step)
         if main:
-            final = _final_samples(spec, model, sampler, init, gen, device, x_neg)
+            # sample grids are for images; point data (toys, shape (D,)) gets none
+            final = _final_samples(spec, model, sampler, init, gen, device, x_neg) if len(shape) == 3 else None
             if final is not None:
                 save_grid(final, samples_dir / "final.png")
             if cfg.plots and (out_dir / "diagnostics.csv").exists() and step > 0:
