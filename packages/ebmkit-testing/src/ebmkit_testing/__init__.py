@@ -1,1 +1,37 @@
-"""ebmkit-testing: conformance kit for ebmkit components."""
+"""ebmkit-testing: the conformance kit for ebmkit components and plugins.
+
+Subclass a suite in your plugin's tests (pytest collects classes named ``Test*``)::
+
+    from ebmkit_testing import SamplerConformance
+    import my_plugin
+
+    class TestMySampler(SamplerConformance):
+        component = my_plugin.MySampler
+        plugin = my_plugin
+
+Suites: :class:`SamplerConformance`, :class:`EnergyConformance`,
+:class:`InitializerConformance`, :class:`EvaluatorConformance`,
+:class:`DataSourceConformance`. Each failing check says what the contract requires.
+Installing the package also registers a pytest plugin with the fixtures
+``ebmkit_plugin_manager``, ``ebmkit_registry`` and ``ebmkit_cli`` (see
+:mod:`ebmkit_testing.fixtures`).
+"""
+
+from ._base import ComponentConformance, require
+from .datasets import DataSourceConformance
+from .energies import EnergyConformance
+from .evaluators import EvaluatorConformance
+from .fixtures import CliResult, CliRunner
+from .initializers import InitializerConformance
+from .toys import GaussianEnergy, GaussianPoints, gaussian_energy, gaussian_points
+
+__all__ = [
+    "CliResult", "CliRunner", "ComponentConformance", "DataSourceConformance", "EnergyConformance",
+    "EvaluatorConformance", "GaussianEnergy", "GaussianPoints", "InitializerConformance",
+    "SamplerConformance", "gaussian_energy", "gaussian_points", "require",
+]
+
+try:  # written alongside (samplers.py); optional until it lands
+    from .samplers import SamplerConformance
+except ImportError:  # pragma: no cover
+    __all__.remove("SamplerConformance")

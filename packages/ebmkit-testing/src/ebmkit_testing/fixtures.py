@@ -1,1 +1,111 @@
-"""pytest plugin: fixtures for ebmkit tests."""
+"""pytest plugin (registered through the ``pytest11`` entry point): fixtures for ebmkit tests.
+
+* ``ebmkit_plugin_manager(*plugins, entry_points=False, block=None)`` — a fresh pluggy manager
+  holding only the given plugin modules/objects (no global state, nothing else installed leaks in).
+* ``ebmkit_registry(*plugins, ...)`` — the component registry those plugins fill.
+* ``ebmkit_cli`` — runs ``ebmkit`` in-process: ``ebmkit_cli("list", "samplers")`` returns a
+  :class:`CliResult` (exit code, stdout, stderr). ``ebmkit_cli.use(*plugins)`` restricts the CLI
+  to the given plugins (plus nothing else) for the rest of the test.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+
+@dataclass(frozen=True)
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+class CliRunner:
+    """Calls :func:`ebmkit.cli.main.main` with ``argv`` and captures what it prints."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        self._mp = monkeypatch
+        # Rich reads the terminal width when a console is created: make tables wide and plain.
+        monkeypatch.setenv("COLUMNS", "200")
+        monkeypatch.setenv("NO_COLOR", "1")
+        monkeypatch.setenv("TERM", "dumb")
+        self._reset_consoles()
+
+    def _reset_consoles(self) -> None:
+        import importlib
+
+        from rich.console import Console
+
+        cli = importlib.import_module("ebmkit.cli.main")
+
+        self._mp.setattr(cli, "console", Console(width=200, no_color=True, highlight=False))
+        self._mp.setattr(cli, "err_console",
+                         Console(stderr=True, width=200, no_color=True, highlight=False))
+
+    def use(self, *plugins: Any, entry_points: bool = False, block: Iterable[str] | None = None) -> None:
+        """Make the CLI see only ``plugins`` (and, with ``entry_points=True``, installed ones)."""
+        from ebmkit import plugins as P
+
+        pm = P.get_plugin_manager(entry_points=entry_points, plugins=plugins, block=block)
+        self._mp.setattr(P, "_DEFAULT", (pm, P.build_registry(pm)))
+
+    def fresh(self) -> None:
+        """Forget the cached plugin manager, so the next call rediscovers entry points."""
+        from ebmkit import plugins as P
+
+        self._mp.setattr(P, "_DEFAULT", None)
+
+    def __call__(self, *args: str) -> CliResult:
+        import importlib
+
+        main = importlib.import_module("ebmkit.cli.main").main
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            code = main([str(a) for a in args])
+        return CliResult(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def ebmkit_plugin_manager() -> Callable[..., Any]:
+    """Factory: ``ebmkit_plugin_manager(my_plugin_module)`` -> a fresh ``pluggy.PluginManager``."""
+    from ebmkit import get_plugin_manager
+
+    def make(*plugins: Any, entry_points: bool = False, block: Iterable[str] | None = None):
+        return get_plugin_manager(entry_points=entry_points, plugins=plugins,
+                                  block=() if block is None else block)
+
+    return make
+
+
+@pytest.fixture
+def ebmkit_registry(ebmkit_plugin_manager) -> Callable[..., Any]:
+    """Factory: ``ebmkit_registry(my_plugin_module)`` -> the registry those plugins fill."""
+    from ebmkit import build_registry
+
+    def make(*plugins: Any, entry_points: bool = False, block: Iterable[str] | None = None):
+        return build_registry(ebmkit_plugin_manager(*plugins, entry_points=entry_points, block=block))
+
+    return make
+
+
+@pytest.fixture
+def ebmkit_cli(monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
+    """An in-process ``ebmkit`` runner; the CLI's cached registry is restored afterwards."""
+    from ebmkit import plugins as P
+
+    monkeypatch.setattr(P, "_DEFAULT", None)
+    for var in ("EBMKIT_BLOCK_PLUGINS", "EBMKIT_TRACE_HOOKS"):
+        if var in os.environ:
+            monkeypatch.delenv(var)
+    yield CliRunner(monkeypatch)

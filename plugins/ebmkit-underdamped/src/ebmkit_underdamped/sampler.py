@@ -32,9 +32,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
-
 from ebmkit import ChainState, Sampler, StepInfo, chain_grad_norm, energy_and_grad, param
+from torch import Tensor, nn
 
 INTEGRATORS = ("baoab", "obabo")
 
