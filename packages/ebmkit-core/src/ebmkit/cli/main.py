@@ -287,9 +287,19 @@ def plugins():
     console.print(table)
 
 
+_CORE_COMMANDS: tuple[list, list] | None = None
+
+
 def _add_plugin_commands() -> None:
+    """(Re)build the plugin commands on top of the core ones: repeated ``main()`` calls (tests)
+    never duplicate a command, and a different plugin set replaces the previous one."""
+    global _CORE_COMMANDS
     from ..plugins import default
 
+    if _CORE_COMMANDS is None:
+        _CORE_COMMANDS = (list(app.registered_commands), list(app.registered_groups))
+    app.registered_commands[:] = _CORE_COMMANDS[0]
+    app.registered_groups[:] = _CORE_COMMANDS[1]
     pm, _ = default()
     for impl in pm.hook.ebmkit_cli.get_hookimpls():
         try:
