@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import itertools
 from collections.abc import Iterator
 
 import torch
@@ -18,13 +20,36 @@ def _tensor_of(dataset) -> Tensor | None:
     return None
 
 
+def _images(batch) -> Tensor:
+    """A collated batch -> its images (datasets may yield ``(image, label_or_key)``)."""
+    return batch[0] if isinstance(batch, (list, tuple)) else batch
+
+
+def epoch_position(dataset, batches_done: int, batch_size: int, workers: int = 1) -> tuple[int, int]:
+    """(epoch, batches into that epoch) after ``batches_done`` batches of an epoch-planned stream."""
+    ds = copy.copy(dataset)
+    ds.batch_size = batch_size
+    epoch, left = 0, batches_done
+    while True:
+        per_epoch = ds.plan(epoch, workers=workers).batches_per_rank
+        if left < per_epoch:
+            return epoch, left
+        left -= per_epoch
+        epoch += 1
+
+
 def batch_stream(dataset, batch_size: int, *, generator: torch.Generator,
-                 num_workers: int = 0) -> Iterator[Tensor]:
-    """An endless stream of data batches.
+                 num_workers: int = 0, start: int = 0) -> Iterator[Tensor]:
+    """An endless stream of data batches; ``start`` = batches already consumed (resume).
 
     In-memory datasets are sampled with replacement, as in the short-run paper's code (each
-    process with its own generator, so ranks see different examples). Iterable datasets (shards)
-    are iterated epoch after epoch; they split themselves across processes and workers.
+    process with its own generator, so ranks see different examples; on resume the restored
+    generator continues the sequence, so ``start`` is not needed). Iterable datasets (shards)
+    are iterated epoch after epoch: before every pass the stream calls ``set_epoch(epoch)`` (the
+    shard permutation, identical on all ranks) and tells the dataset the batch size (so every
+    rank gets the same number of whole batches). On resume the stream seeks to the epoch and the
+    batch where the run stopped (re-reading that epoch's first batches). Map-style datasets are
+    reshuffled every epoch with ``generator``.
     """
     x = _tensor_of(dataset)
     if x is not None:
@@ -36,25 +61,46 @@ def batch_stream(dataset, batch_size: int, *, generator: torch.Generator,
     from torch.utils.data import DataLoader, IterableDataset
 
     iterable = isinstance(dataset, IterableDataset)
+    planned = iterable and hasattr(dataset, "set_epoch")
+    epoch, skip = 0, 0
+    if planned:
+        dataset = copy.copy(dataset)  # this stream owns its epoch and batch size
+        dataset.batch_size = batch_size
+        if start:
+            epoch, skip = epoch_position(dataset, start, batch_size, max(num_workers, 1))
     loader = DataLoader(dataset, batch_size=batch_size, drop_last=True, num_workers=num_workers,
                         shuffle=not iterable, generator=None if iterable else generator)
     while True:
+        if planned:
+            dataset.set_epoch(epoch)
         got = False
-        for batch in loader:
+        for batch in itertools.islice(loader, skip, None):
             got = True
-            yield batch[0] if isinstance(batch, (list, tuple)) else batch
-        if not got:
+            yield _images(batch)
+        if not got and not skip:
             raise DataError(f"the dataset yields fewer than one batch of {batch_size} examples")
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(getattr(dataset, "epoch", 0) + 1)
-
+        epoch, skip = epoch + 1, 0
 
 
 def _draw(dataset, n: int, generator: torch.Generator) -> Tensor:
+    """``n`` data examples (to fill a persistent buffer, for instance)."""
     x = _tensor_of(dataset)
     if x is not None:
         return x[torch.randint(0, len(x), (n,), generator=generator)]
     out, got = [], 0
+    if hasattr(dataset, "set_epoch"):  # a shard stream: read this rank's shards, epoch after epoch
+        ds = copy.copy(dataset)
+        ds.batch_size = 1
+        for epoch in itertools.count():
+            ds.set_epoch(epoch)
+            before = got
+            for item in ds:
+                out.append(_images(item)[None])
+                got += 1
+                if got >= n:
+                    return torch.cat(out)
+            if got == before:
+                raise DataError("the dataset is empty")
     for batch in batch_stream(dataset, min(n, 256), generator=generator):
         out.append(batch)
         got += batch.shape[0]
