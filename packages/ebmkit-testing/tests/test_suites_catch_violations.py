@@ -256,6 +256,7 @@ class TrainingEvaluator(Evaluator):
 
 
 def test_evaluator_violations(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the littering evaluator writes into the working directory
     s = suite(EvaluatorConformance, component=LitteringEvaluator)
     with pytest.raises(AssertionError, match="finite Python floats"):
         s.test_returns_finite_float_metrics(tmp_path / "a")
