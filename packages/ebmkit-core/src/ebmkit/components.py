@@ -91,12 +91,13 @@ def energy_and_grad(
     """``(U(x)/T, ∇ₓ U(x)/T)``: one forward and one input-gradient.
 
     With ``create_graph=False`` both results are detached (the sampling hot path). With
-    ``create_graph=True`` ``x`` must already be part of a graph (or require grad) and both
-    results stay differentiable (second-order autograd), for reconstruction and flow densities.
+    ``create_graph=True`` both results stay differentiable (second-order autograd), for
+    reconstruction and flow densities; if ``x`` does not require grad, a new leaf is made from it
+    (``x`` itself is never modified).
     """
     with torch.enable_grad():
         if create_graph:
-            xg = x if x.requires_grad else x.requires_grad_(True)
+            xg = x if x.requires_grad else x.detach().requires_grad_(True)
         else:
             xg = x.detach().requires_grad_(True)
         u = energy(xg)
@@ -108,6 +109,46 @@ def energy_and_grad(
     return u.detach(), g
 
 
+def chain_grad_norm(g: Tensor) -> Tensor:
+    """Per-chain ‖g‖₂ over all non-batch dimensions: ``[B, ...] -> [B]``.
+
+    Reduces in place of flattening, so a channels-last gradient is not copied.
+    """
+    if g.ndim == 1:
+        return g.abs()
+    return torch.linalg.vector_norm(g, dim=tuple(range(1, g.ndim)))
+
+
+def chain_sum(t: Tensor) -> Tensor:
+    """Per-chain sum over all non-batch dimensions: ``[B, ...] -> [B]``."""
+    return t.sum(dim=tuple(range(1, t.ndim))) if t.ndim > 1 else t
+
+
+def randn_like_on(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """``N(0, I)`` noise shaped and typed like ``x``, drawn from ``generator``.
+
+    The draw is made in the standard (contiguous) layout, so the same seed gives the same noise
+    whatever layout the chains run in. A generator on another device than ``x`` (a CPU
+    generator for CUDA chains) draws on its own device and the draw is moved.
+    """
+    dev = generator.device if generator is not None else x.device
+    z = torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype)
+    return z if z.device == x.device else z.to(x.device)
+
+
+def rand_chains(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """One ``Uniform[0, 1)`` draw per chain (``[B]``), for Metropolis tests."""
+    dev = generator.device if generator is not None else x.device
+    r = torch.rand(x.shape[0], generator=generator, device=dev, dtype=x.dtype)
+    return r.to(x.device)
+
+
+def _memory_format_of(x: Tensor) -> torch.memory_format:
+    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 # --------------------------------------------------------------------------------------------
 # sampler
 # --------------------------------------------------------------------------------------------
@@ -116,7 +157,7 @@ class ChainState:
     """What one step needs, cached so nothing is recomputed.
 
     ``energy`` and ``grad`` are ``U(x)/T`` and its gradient at ``x`` (MALA and HMC reuse them for
-    the next proposal). ``extra`` holds sampler-specific tensors (momentum, per-chain step).
+    the next proposal). ``extra`` holds sampler-specific tensors (momentum, adapted step size).
     """
 
     x: Tensor
@@ -143,11 +184,17 @@ class ChainResult:
     x: Tensor  # [B, ...] final states
     energy: Tensor  # [B] U(x_K)/T
     grad_norm: Tensor  # scalar: mean over steps and chains of ‖∇U‖₂ (this is v_t)
-    accept_rate: Tensor | None  # scalar, MH samplers only
+    accept_rate: Tensor | None  # scalar, MH samplers only (post-warm-up steps when adapting)
     steps: int
     per_step_grad_norm: Tensor | None = None  # [K] when record=True
     per_step_energy: Tensor | None = None  # [K] mean energy per step when record=True
     divergent: Tensor | None = None  # [B] bool, any non-finite step
+    per_chain_grad_norm: Tensor | None = None  # [B] mean over steps of ‖∇U‖₂
+    per_chain_accept_rate: Tensor | None = None  # [B], MH samplers only
+    state: ChainState | None = None  # final state (continue with `step`; adapted step size)
+
+
+MEMORY_FORMATS = ("auto", "preserve", "channels_last")
 
 
 class Sampler(Component):
@@ -158,6 +205,10 @@ class Sampler(Component):
     gradients into the energy's parameters, keep no graph between steps (unless
     ``differentiable=True``), honour ``generator``, and keep ``x0``'s device and dtype.
     ``noise=False`` makes the chain deterministic (the short-run generator ``x = M_θ(z)``).
+
+    Optional config fields the shared machinery reads: ``temperature`` (T), ``steps`` (K),
+    ``adapt_steps`` (warm-up length; acceptance is reported over the steps after it) and
+    ``memory_format`` (``auto``/``preserve``/``channels_last``: the layout chains run in).
     """
 
     kind = "sampler"
@@ -193,6 +244,32 @@ class Sampler(Component):
     def default_steps(self) -> int:
         return int(getattr(self.config, "steps", 100))
 
+    @property
+    def warmup_steps(self) -> int:
+        return int(getattr(self.config, "adapt_steps", 0) or 0)
+
+    def chain_layout(self, x0: Tensor) -> torch.memory_format:
+        """The memory format chains run in (``config.memory_format``; ``auto`` = channels-last
+        for 4-D states on the CPU, where oneDNN convolutions are faster in it)."""
+        mf = getattr(self.config, "memory_format", "preserve")
+        if x0.ndim != 4 or mf == "preserve":
+            return _memory_format_of(x0)
+        if mf == "channels_last" or (mf == "auto" and x0.device.type == "cpu"):
+            return torch.channels_last
+        return _memory_format_of(x0)
+
+    def prepare(self, x0: Tensor, *, differentiable: bool = False) -> Tensor:
+        """The chains' own copy of ``x0`` in the run layout (``x0`` is never written to)."""
+        fmt = self.chain_layout(x0)
+        if differentiable:
+            return x0 if _memory_format_of(x0) == fmt else x0.contiguous(memory_format=fmt)
+        return x0.detach().clone(memory_format=fmt)
+
+    @staticmethod
+    def restore_layout(x: Tensor, like: Tensor) -> Tensor:
+        fmt = _memory_format_of(like)
+        return x if _memory_format_of(x) == fmt else x.contiguous(memory_format=fmt)
+
     def run(
         self,
         energy: nn.Module,
@@ -212,42 +289,68 @@ class Sampler(Component):
         """
         steps = self.default_steps if steps is None else int(steps)
         ctx = contextlib.nullcontext() if differentiable else frozen(energy)
+        stats = ChainStats(x0, steps=steps, warmup=self.warmup_steps, record=record)
         with ctx:
-            state = self.init(energy, x0, differentiable=differentiable)
-            gsum = torch.zeros((), device=x0.device, dtype=torch.float32)
-            asum = None
-            div = torch.zeros(x0.shape[0], device=x0.device, dtype=torch.bool)
-            rec_g, rec_u = [], []
+            state = self.init(energy, self.prepare(x0, differentiable=differentiable),
+                              differentiable=differentiable)
             for _ in range(steps):
                 state, info = self.step(energy, state, generator=generator, noise=noise,
                                         differentiable=differentiable)
-                gm = info.grad_norm.detach().float().mean()
-                gsum = gsum + gm
-                if info.accepted is not None:
-                    a = info.accepted.float().mean()
-                    asum = a if asum is None else asum + a
-                if info.divergent is not None:
-                    div = div | info.divergent
-                if record:
-                    rec_g.append(gm)
-                    rec_u.append(info.energy.detach().float().mean())
-        n = max(steps, 1)
-        grad_norm = gsum / n if steps else chain_grad_norm(state.grad).float().mean()
+                stats.add(info)
+            if steps == 0:
+                stats.add(StepInfo(grad_norm=chain_grad_norm(state.grad.detach()),
+                                   energy=state.energy), count=False)
+        x = self.restore_layout(state.x if differentiable else state.x.detach(), x0)
+        return stats.result(x, state.energy, state=state)
+
+
+class ChainStats:
+    """Accumulates :class:`StepInfo` records on the device (no host sync) into a
+    :class:`ChainResult`. Samplers with their own fused loop use it too."""
+
+    def __init__(self, x0: Tensor, *, steps: int, warmup: int = 0, record: bool = False):
+        b, dev = x0.shape[0], x0.device
+        self.steps, self.record = steps, record
+        # acceptance counts after the warm-up (all steps when the warm-up covers the run)
+        self.accept_from = warmup if steps > warmup else 0
+        self.i = 0
+        self.gsum = torch.zeros(b, device=dev, dtype=torch.float32)
+        self.asum: Tensor | None = None
+        self.div = torch.zeros(b, device=dev, dtype=torch.bool)
+        self.rec_g: list[Tensor] = []
+        self.rec_u: list[Tensor] = []
+
+    def add(self, info: StepInfo, *, count: bool = True) -> None:
+        gn = info.grad_norm.detach().float()
+        self.gsum += gn
+        if info.accepted is not None and self.i >= self.accept_from:
+            a = info.accepted.detach().float()
+            self.asum = a if self.asum is None else self.asum + a
+        if info.divergent is not None:
+            self.div |= info.divergent
+        if self.record and count:
+            self.rec_g.append(gn.mean())
+            self.rec_u.append(info.energy.detach().float().mean())
+        self.i += 1
+
+    def result(self, x: Tensor, energy: Tensor, *, state: ChainState | None = None) -> ChainResult:
+        n = max(self.i, 1)
+        per_chain_g = self.gsum / n
+        n_acc = max(self.i - self.accept_from, 1)
+        per_chain_a = None if self.asum is None else self.asum / n_acc
         return ChainResult(
-            x=state.x if differentiable else state.x.detach(),
-            energy=state.energy,
-            grad_norm=grad_norm,
-            accept_rate=None if asum is None else asum / n,
-            steps=steps,
-            per_step_grad_norm=torch.stack(rec_g) if rec_g else None,
-            per_step_energy=torch.stack(rec_u) if rec_u else None,
-            divergent=div,
+            x=x,
+            energy=energy,
+            grad_norm=per_chain_g.mean(),
+            accept_rate=None if per_chain_a is None else per_chain_a.mean(),
+            steps=self.steps,
+            per_step_grad_norm=torch.stack(self.rec_g) if self.rec_g else None,
+            per_step_energy=torch.stack(self.rec_u) if self.rec_u else None,
+            divergent=self.div,
+            per_chain_grad_norm=per_chain_g,
+            per_chain_accept_rate=per_chain_a,
+            state=state,
         )
-
-
-def chain_grad_norm(g: Tensor) -> Tensor:
-    """Per-chain ‖g‖₂ over all non-batch dimensions: ``[B, ...] -> [B]``."""
-    return g.flatten(1).norm(dim=1)
 
 
 # --------------------------------------------------------------------------------------------
