@@ -139,7 +139,6 @@ def train(
 
     gen_data = torch.Generator().manual_seed(cfg.seed * 7919 + 1 + rank)  # CPU: batches, K
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + 2 + rank)  # chains, noise
-    batches = batch_stream(dataset, cfg.batch_size, generator=gen_data)
 
     start = 0
     if resume:
@@ -149,8 +148,8 @@ def train(
         if main:
             out_dir.mkdir(parents=True, exist_ok=True)
             ckpt.atomic_write_text(out_dir / "run.toml", dumps_toml(spec.document()))
-    if start and hasattr(dataset, "set_epoch"):
-        pass  # shard streams restart their epoch; in-memory sampling continues exactly
+    # in-memory sets continue from the restored generator; shard streams seek to (epoch, batch)
+    batches = batch_stream(dataset, cfg.batch_size, generator=gen_data, start=start)
 
     doc = spec.document()
     log = CSVLog(out_dir / "diagnostics.csv", keep_until=start - 1 if resume else None) if main else None
