@@ -51,6 +51,7 @@ class TrainConfig:
     lr_decay: float = param(1.0, "Decay factor of the exponential/step schedule.", min=0.0, max=1.0,
                             min_exclusive=True)
     lr_decay_every: int = param(1, "Iterations between decays.", min=1)
+    decay_start: int = param(0, "Iteration at which the lr schedule and the sigma annealing begin (short-run paper: after 200,000 iterations).", min=0)
     data_noise: float = param(0.03, "Std sigma of Gaussian noise added to data batches (short-run paper: 0.03).", min=0.0)
     data_noise_final: float | None = param(None, "If set, sigma is annealed linearly to this by the last iteration.", min=0.0)
     steps_max: int | None = param(None, "If set, K is drawn uniformly from [sampler.steps, steps_max] every iteration (rebuttal: [100, 120]).", min=1)

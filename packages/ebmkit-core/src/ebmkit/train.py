@@ -58,9 +58,11 @@ def pick_device(name: str) -> str:
 # data
 # ---------------------------------------------------------------------------------------------
 def data_noise_at(cfg, it: int) -> float:
-    if cfg.data_noise_final is None or cfg.iterations <= 1:
+    """sigma for iteration ``it``: constant until ``decay_start``, then linear to the final value."""
+    span = cfg.iterations - 1 - cfg.decay_start
+    if cfg.data_noise_final is None or it <= cfg.decay_start or span <= 0:
         return cfg.data_noise
-    frac = min(it / (cfg.iterations - 1), 1.0)
+    frac = min((it - cfg.decay_start) / span, 1.0)
     return cfg.data_noise + frac * (cfg.data_noise_final - cfg.data_noise)
 
 
@@ -72,11 +74,12 @@ def make_optimizer(cfg, params):
 
 def lr_at(cfg, it: int) -> float:
     """The learning rate for iteration ``it`` (a pure function of the step: resume is exact)."""
-    if cfg.lr_schedule == "constant":
+    t = it - cfg.decay_start
+    if cfg.lr_schedule == "constant" or t <= 0:
         return cfg.lr
     if cfg.lr_schedule == "exponential":
-        return cfg.lr * cfg.lr_decay ** (it / cfg.lr_decay_every)
-    return cfg.lr * cfg.lr_decay ** (it // cfg.lr_decay_every)
+        return cfg.lr * cfg.lr_decay ** (t / cfg.lr_decay_every)
+    return cfg.lr * cfg.lr_decay ** (t // cfg.lr_decay_every)
 
 
 def chain_steps(spec: RunSpec, sampler, gen_cpu: torch.Generator) -> int:
@@ -152,7 +155,7 @@ def train(
     batches = batch_stream(dataset, cfg.batch_size, generator=gen_data, start=start)
 
     doc = spec.document()
-    log = CSVLog(out_dir / "diagnostics.csv", keep_until=start - 1 if resume else None) if main else None
+    log = CSVLog(out_dir / "diagnostics.csv", keep_until=start if resume else None) if main else None
     a = step_scale(sampler)
     last: dict[str, float] = {}
     samples_dir = out_dir / "samples"
@@ -217,6 +220,7 @@ def train(
             if main:
                 if (it + 1) % cfg.log_every == 0:
                     log.write(row)
+                    log.flush()
                 if bar:
                     acc_s = f" acc {accept:.2f}" if not math.isnan(accept) else ""
                     bar.update(task, completed=it + 1,
@@ -250,6 +254,9 @@ def _final_samples(spec, model, sampler, init, gen, device, x_neg):
     if x_neg is None and k == 0:
         return None
     n = min(cfg.grid_size, 256)
+    buffer = getattr(init, "buffer", None)
+    if buffer is not None:
+        n = min(n, buffer.shape[0])
     x0 = init.sample(n, data=x_neg[:n] if x_neg is not None and x_neg.shape[0] >= n else None,
                      generator=gen, device=device) if spec.classes["init"].name != "data" else x_neg
     if x0 is None:

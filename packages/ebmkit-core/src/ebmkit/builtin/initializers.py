@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ..components import Initializer
 from ..config import param
+from ..errors import ConfigError
 from ..hookspecs import hookimpl
 
 
@@ -107,7 +108,9 @@ class PersistentInit(Initializer):
                        generator=generator, device=device)
         buf = self.buffer
         if n > buf.shape[0]:
-            raise ValueError(f"persistent buffer holds {buf.shape[0]} chains, asked for {n}")
+            raise ConfigError(
+                f"the persistent buffer holds {buf.shape[0]} chains but {n} were asked for; "
+                f"set init.buffer_size >= train.batch_size")
         gen_dev = generator.device if generator is not None else buf.device
         idx = torch.randperm(buf.shape[0], generator=generator, device=gen_dev)[:n].to(buf.device)
         x = buf[idx].clone()

@@ -121,6 +121,8 @@ def run(
                              names={"energy": energy, "sampler": sampler, "init": init, "data": data_name},
                              overrides=data_over + overrides)
         spec = resolve(doc, reg)
+        shape = spec.data_source().shape
+        spec.energy(shape), spec.initializer(shape)  # fail now, not after loading data
         if dry_run:
             console.print(dumps_toml(spec.document()), highlight=False, markup=False)
             return
@@ -300,10 +302,12 @@ def _add_plugin_commands() -> None:
         _CORE_COMMANDS = (list(app.registered_commands), list(app.registered_groups))
     app.registered_commands[:] = _CORE_COMMANDS[0]
     app.registered_groups[:] = _CORE_COMMANDS[1]
+    from ..plugins import call_impl
+
     pm, _ = default()
     for impl in pm.hook.ebmkit_cli.get_hookimpls():
         try:
-            impl.function(**{k: app for k in impl.argnames})
+            call_impl(impl, app=app)
         except Exception as exc:  # a plugin's CLI hook must not break the CLI
             err_console.print(f"[yellow]plugin '{impl.plugin_name}' failed to add commands: {exc}[/]")
 
