@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from ebmkit.shards import epoch_plan, write_shards
 
 N, SHARD, BATCH = 256, 32, 16  # 8 shards -> 4 per rank -> 128 examples = 8 batches per epoch

@@ -83,7 +83,8 @@ def shard(
                                 on_example=lambda k: bar.update(task, completed=k))
     console.print(f"wrote {manifest['count']} examples in {len(manifest['shards'])} shards "
                   f"({manifest['channels']}x{manifest['resolution']}x{manifest['resolution']}) to {out}\n"
-                  f"train with:  ebmkit run --data 'shards:{out / manifest['pattern']}'", highlight=False)
+                  f"train with:  ebmkit run --data 'shards:{out / manifest['pattern']}'", highlight=False,
+                  soft_wrap=True)
 
 
 @data_app.command()
