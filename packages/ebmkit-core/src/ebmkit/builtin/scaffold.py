@@ -1,1 +1,87 @@
-"""Plugin scaffold: `ebmkit plugin new` (see issue 7)."""
+"""``ebmkit plugin new NAME --kind sampler``: write a working plugin package.
+
+The package has its own ``pyproject.toml`` (hatchling, the ``[project.entry-points.ebmkit]``
+table), a skeleton component in ``src/``, a conformance test that subclasses the ebmkit-testing
+suite, and a README. Its test suite passes as generated; edit the skeleton from there.
+
+Templates live in ``ebmkit/scaffold_templates/<kind>/`` (``string.Template`` syntax, ``.tmpl``
+suffix; ``__module__`` in a path is replaced by the import name).
+"""
+
+# No `from __future__ import annotations`: typer reads the command's annotations at runtime, and
+# typer is imported inside the hook (the entry module stays cheap).
+import re
+from pathlib import Path
+from string import Template
+from typing import Annotated, Any
+
+from ..errors import ConfigError
+from ..hookspecs import hookimpl
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "scaffold_templates"
+NAME_RE = re.compile(r"^[a-z][a-z0-9]*([_-][a-z0-9]+)*$")
+
+
+def kinds() -> list[str]:
+    return sorted(p.name for p in TEMPLATES.iterdir() if p.is_dir() and not p.name.startswith("_"))
+
+
+def names_for(name: str) -> dict[str, str]:
+    """The names one plugin uses: component ``name``, distribution, module, class."""
+    if not NAME_RE.match(name):
+        raise ConfigError(
+            f"plugin name {name!r}: use lowercase letters and digits, words separated by '-' or '_'"
+            " (e.g. my-sampler)")
+    words = re.split(r"[-_]", name)
+    from .. import __version__
+
+    base = __version__.split("+")[0]
+    return {
+        "name": name,
+        "dist": "ebmkit-" + "-".join(words),
+        "module": "ebmkit_" + "_".join(words),
+        "cls": "".join(w.capitalize() for w in words),
+        "ebmkit_version": base,
+    }
+
+
+def render(name: str, kind: str, dest: Path, *, force: bool = False) -> list[Path]:
+    """Write the package for ``name`` into ``dest``; return the files written."""
+    if kind not in kinds():
+        raise ConfigError(f"ebmkit plugin new: unknown kind {kind!r}; available: {', '.join(kinds())}")
+    subs = names_for(name)
+    dest = Path(dest)
+    if dest.exists() and any(dest.iterdir()) and not force:
+        raise ConfigError(f"{dest} exists and is not empty; choose another --dir or pass --force")
+    root = TEMPLATES / kind
+    written = []
+    for src in sorted(root.rglob("*.tmpl")):
+        rel = src.relative_to(root).as_posix().removesuffix(".tmpl").replace("__module__", subs["module"])
+        out = dest / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(Template(src.read_text()).substitute(subs))
+        written.append(out)
+    return written
+
+
+@hookimpl
+def ebmkit_cli(app: Any) -> None:
+    import typer
+
+    plugin_app = typer.Typer(help="Plugin authoring: generate a plugin package.", no_args_is_help=True)
+
+    @plugin_app.command("new")
+    def new(
+        name: Annotated[str, typer.Argument(help="Component name, e.g. my-sampler (also names the package).")],
+        kind: Annotated[str, typer.Option("--kind", "-k", help=f"Component kind: {', '.join(kinds())}.")] = "sampler",
+        directory: Annotated[Path | None, typer.Option("--dir", help="Target directory (default ./ebmkit-NAME).")] = None,
+        force: Annotated[bool, typer.Option(help="Write into a non-empty directory.")] = False,
+    ) -> None:
+        """Write a plugin package: pyproject with entry point, skeleton class, conformance test, README."""
+        subs = names_for(name)
+        dest = directory if directory is not None else Path(subs["dist"])
+        files = render(name, kind, dest, force=force)
+        typer.echo(f"wrote {len(files)} files to {dest}/ ({kind} '{name}', import {subs['module']})")
+        typer.echo(f"next:  cd {dest} && pip install -e . && pytest && ebmkit list {kind}s")
+
+    app.add_typer(plugin_app, name="plugin")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 import time
 from pathlib import Path
@@ -296,19 +297,20 @@ def _add_plugin_commands() -> None:
     """(Re)build the plugin commands on top of the core ones: repeated ``main()`` calls (tests)
     never duplicate a command, and a different plugin set replaces the previous one."""
     global _CORE_COMMANDS
-    from ..plugins import default
+    from ..plugins import call_impl, default
 
     if _CORE_COMMANDS is None:
         _CORE_COMMANDS = (list(app.registered_commands), list(app.registered_groups))
     app.registered_commands[:] = _CORE_COMMANDS[0]
     app.registered_groups[:] = _CORE_COMMANDS[1]
-    from ..plugins import call_impl
-
     pm, _ = default()
     for impl in pm.hook.ebmkit_cli.get_hookimpls():
+        n_commands, n_groups = len(app.registered_commands), len(app.registered_groups)
         try:
             call_impl(impl, app=app)
+            typer.main.get_command(app)  # build now: a command typer cannot build is this plugin's
         except Exception as exc:  # a plugin's CLI hook must not break the CLI
+            del app.registered_commands[n_commands:], app.registered_groups[n_groups:]
             err_console.print(f"[yellow]plugin '{impl.plugin_name}' failed to add commands: {exc}[/]")
 
 
@@ -328,15 +330,26 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         return _exit(1, argv)
     except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            return _exit(exc.exit_code, argv)
-        if isinstance(exc, click.exceptions.Exit):
-            return _exit(exc.exit_code, argv)
+        for cx in _click_exception_modules():
+            if isinstance(exc, cx.ClickException):
+                exc.show()
+                return _exit(exc.exit_code, argv)
+            if isinstance(exc, getattr(cx, "Exit", ())):
+                return _exit(exc.exit_code, argv)
         raise
     return _exit(0, argv)
+
+
+def _click_exception_modules() -> list:
+    """click's exception modules: typer >= 0.2x vendors its own click (``typer._click``), whose
+    exceptions are not those of a separately installed click."""
+    mods = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            mods.append(importlib.import_module(name))
+        except ImportError:
+            pass
+    return mods
 
 
 def _exit(code: int, argv) -> int:
