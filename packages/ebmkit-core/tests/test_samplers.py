@@ -1,0 +1,313 @@
+"""Samplers: the conformance suite over every registered sampler, plus the acceptance checks of
+the samplers issue (analytic targets, fixed seeds, tolerances from Monte Carlo standard errors).
+
+Tolerances: B chains run independently and we look at their final states only, so those are
+B independent draws. For draws of a Gaussian with variance v the sample mean has standard
+error sqrt(v/B) and the sample variance v·sqrt(2/(B−1)) (``mc_tolerance``); we allow 4 of them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from ebmkit.builtin import samplers as builtin_samplers
+from ebmkit.builtin.samplers import HMC, MALA, Langevin
+from ebmkit.config import build
+from ebmkit.plugins import default_registry
+from ebmkit_testing.samplers import (
+    DiagonalGaussianEnergy,
+    GaussianMixtureEnergy,
+    SamplerConformance,
+    mc_tolerance,
+)
+from torch import nn
+
+# Step sizes suited to the suite's unit-scale Gaussian targets, per built-in name.
+SUITE_CONFIG = {
+    "langevin": {"step_size": 0.5},
+    "mala": {"step_size": 0.9},
+    "hmc": {"step_size": 0.5, "leapfrog_steps": 3},
+}
+
+
+def _suite(name: str) -> type:
+    attrs = {"sampler_name": name, "config": SUITE_CONFIG.get(name, {}), "__module__": __name__}
+    if name in SUITE_CONFIG:  # built-ins: also check registration and the entry point
+        attrs.update(plugin=builtin_samplers, entry_point="core_samplers")
+    return type(f"TestConformance_{name}", (SamplerConformance,), attrs)
+
+
+for _name in default_registry().names("sampler"):  # every registered sampler, plugins included
+    globals()[f"TestConformance_{_name.replace('-', '_')}"] = _suite(_name)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make(cls, **cfg):
+    return cls(build(cls.Config, cfg, where="sampler"))
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def assert_moments(x, mean, var, what):
+    tol_m, tol_v = mc_tolerance(x, var)
+    em = (x.mean(0) - mean).abs()
+    ev = (x.var(0) - var).abs()
+    assert bool((em < tol_m).all()), f"{what}: mean error {em.max():.4g} > 4 SE"
+    assert bool((ev < tol_v).all()), (
+        f"{what}: variance error up to {(ev / tol_v).max() * 4:.2f} SE")
+
+
+# --------------------------------------------------------------------------------------------
+# Gaussian targets
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sampler", [make(MALA, step_size=0.9),
+                                     make(HMC, step_size=0.5, leapfrog_steps=3)],
+                         ids=["mala", "hmc"])
+def test_mh_converge_on_2d_standard_gaussian(sampler):
+    """From a point start (2, −2), K = 100 transitions forget it (the deterministic part
+    contracts by ≈0.6 per accepted step) and the 4000 final states match N(0, I)."""
+    e = DiagonalGaussianEnergy([1.0, 1.0])
+    x0 = torch.tensor([2.0, -2.0]).repeat(4000, 1)
+    r = sampler.run(e, x0, 100, generator=gen(0))
+    assert_moments(r.x, torch.zeros(2), torch.ones(2), sampler.name)
+    assert 0.5 < float(r.accept_rate) < 1.0
+
+
+ANISO_VAR = torch.logspace(math.log10(0.01), math.log10(4.0), 50)
+
+
+@pytest.mark.parametrize("sampler", [make(MALA, step_size=0.08),
+                                     make(HMC, step_size=0.05, leapfrog_steps=10)],
+                         ids=["mala", "hmc"])
+def test_mh_exact_on_anisotropic_gaussian_50d(sampler):
+    """N(μ, diag σ²) in 50 dimensions, σ² from 0.01 to 4. Started from exact draws, an exact
+    kernel keeps them exact: all 50 means and variances within 4 SE after 30 transitions."""
+    mean = torch.linspace(-1, 1, 50)
+    e = DiagonalGaussianEnergy(ANISO_VAR, mean)
+    x0 = e.sample(3000, gen(1))
+    r = sampler.run(e, x0, 30, generator=gen(2))
+    assert_moments(r.x, mean, ANISO_VAR, sampler.name)
+    assert 0.3 < float(r.accept_rate) < 1.0
+    assert float((r.x - x0).abs().mean()) > 0.01  # the chains moved
+
+
+def test_langevin_has_its_discretisation_bias_in_50d():
+    """ULA from exact draws: coordinate i follows the AR(1) map x ← ρᵢx + εz, ρᵢ = 1 − ε²/(2σᵢ²),
+    so after K steps its variance is ρᵢ^{2K}σᵢ² + ε²(1 − ρᵢ^{2K})/(1 − ρᵢ²) — 19 % above σᵢ²
+    for the narrowest coordinate at stationarity; the sample matches the formula, not σ²."""
+    s = make(Langevin, step_size=0.08)
+    mean = torch.linspace(-1, 1, 50)
+    e = DiagonalGaussianEnergy(ANISO_VAR, mean)
+    x0 = e.sample(3000, gen(1))
+    k = 30
+    r = s.run(e, x0, k, generator=gen(2))
+    expected = torch.tensor([s.gaussian_variance(float(v), k, initial_variance=float(v))
+                             for v in ANISO_VAR])
+    assert_moments(r.x, mean, expected, "langevin")
+    _, tol_v = mc_tolerance(r.x, ANISO_VAR)
+    assert float((r.x.var(0)[0] - ANISO_VAR[0]).abs()) > tol_v[0]  # the bias is visible
+
+
+@pytest.mark.parametrize("cfg, var", [
+    ({"step_size": 1.0}, 4 / 3),  # σ²/(1 − η/2), η = ε²/(2σ²) = 1/2
+    ({"step_size": 0.5, "tau": 1.0}, 1 / (1 - 0.0625)),
+    ({"grad_coef": 0.25, "noise_std": 0.3}, 0.09 / (1 - 0.75**2)),
+    ({"grad_coef": 1.0, "noise_std": 0.01}, 1e-4),  # the short-run code on N(0, 1)
+])
+def test_langevin_stationary_variance_2d(cfg, var):
+    """ULA on N(0, I): b²/(1 − (1 − a)²) after 200 steps from (2, −2) (ρ^400 is negligible)."""
+    s = make(Langevin, **cfg)
+    assert s.gaussian_variance(1.0) == pytest.approx(var)
+    e = DiagonalGaussianEnergy([1.0, 1.0])
+    x0 = torch.tensor([2.0, -2.0]).repeat(4000, 1)
+    r = s.run(e, x0, 200, generator=gen(3))
+    assert_moments(r.x, torch.zeros(2), torch.full((2,), var), "langevin")
+    if cfg.get("step_size") == 1.0:  # the bias is 11 SE: the exact variance 1 is rejected
+        _, tol = mc_tolerance(r.x, torch.ones(2))
+        assert bool(((r.x.var(0) - 1).abs() > 2 * tol).all())
+
+
+def test_langevin_parameterisations_agree():
+    """(ε, τ) and (grad_coef = ε²/2, noise_std = τε) are the same chain."""
+    e = DiagonalGaussianEnergy([0.5, 2.0])
+    x0 = torch.randn(64, 2, generator=gen(0))
+    a = make(Langevin, step_size=0.3, tau=0.5).run(e, x0, 10, generator=gen(1)).x
+    b = make(Langevin, grad_coef=0.045, noise_std=0.15).run(e, x0, 10, generator=gen(1)).x
+    torch.testing.assert_close(a, b)
+
+
+def test_langevin_clamp_and_temperature():
+    e = DiagonalGaussianEnergy([1.0, 1.0])
+    x0 = torch.randn(256, 2, generator=gen(0)) * 3
+    r = make(Langevin, step_size=1.0, clamp=True, clamp_min=-0.5, clamp_max=0.5).run(
+        e, x0, 5, generator=gen(1))
+    assert float(r.x.abs().max()) <= 0.5
+    # T scales the gradient: ρ = 1 − a/(σ²T); stationary b²/(1 − ρ²)
+    s = make(Langevin, step_size=0.5, temperature=2.0)
+    rho = 1 - 0.125 / 2
+    assert s.gaussian_variance(1.0) == pytest.approx(0.25 / (1 - rho**2))
+
+
+# --------------------------------------------------------------------------------------------
+# mixture
+# --------------------------------------------------------------------------------------------
+MIX = dict(means=[[-2.0, 0.0], [2.0, 0.0]], weights=[0.3, 0.7], std=0.5)
+
+
+@pytest.mark.parametrize("sampler", [make(MALA, step_size=0.5),
+                                     make(HMC, step_size=0.3, leapfrog_steps=5)],
+                         ids=["mala", "hmc"])
+def test_mh_on_gaussian_mixture(sampler):
+    """Started in one mode: acceptance strictly inside (0, 1). Started from the mixture: the
+    fraction of chains in the right-hand mode stays 0.7 within 4 binomial SE sqrt(p(1−p)/B)."""
+    e = GaussianMixtureEnergy(**MIX)
+    b = 4000
+    x0 = torch.tensor([-2.0, 0.0]) + 0.5 * torch.randn(b, 2, generator=gen(0))
+    r = sampler.run(e, x0, 50, generator=gen(1))
+    assert 0.0 < float(r.accept_rate) < 1.0
+    assert float(r.per_chain_accept_rate.min()) > 0.0 and float(r.per_chain_accept_rate.max()) <= 1.0
+    x0, _ = e.sample(b, gen(2))
+    r = sampler.run(e, x0, 50, generator=gen(3))
+    frac = float((r.x[:, 0] > 0).float().mean())
+    assert abs(frac - 0.7) < 4 * math.sqrt(0.7 * 0.3 / b)
+
+
+# --------------------------------------------------------------------------------------------
+# image-shaped states, cost, layout
+# --------------------------------------------------------------------------------------------
+def convnet(nf: int = 8):
+    reg = default_registry()
+    cls = reg.get("energy", "convnet32")
+    torch.manual_seed(0)
+    return cls(build(cls.Config, {"nf": nf}), (3, 32, 32)).eval()
+
+
+@pytest.mark.parametrize("sampler", [make(Langevin), make(MALA, step_size=0.01),
+                                     make(HMC, step_size=0.01, leapfrog_steps=2)],
+                         ids=["langevin", "mala", "hmc"])
+def test_image_batch_with_convnet(sampler):
+    e = convnet()
+    x0 = torch.rand(64, 3, 32, 32, generator=gen(0)) * 2 - 1
+    r = sampler.run(e, x0, 2, generator=gen(1))
+    assert r.x.shape == x0.shape and r.x.is_contiguous() and bool(torch.isfinite(r.x).all())
+    assert r.energy.shape == (64,) and bool(torch.isfinite(r.grad_norm))
+    assert all(p.grad is None and p.requires_grad for p in e.parameters())
+    if sampler.exact:
+        assert 0.0 <= float(r.accept_rate) <= 1.0
+
+
+def test_channels_last_fast_path_matches_fp32_reference():
+    """memory_format=auto (channels-last on CPU) reproduces the contiguous fp32 chain."""
+    e = convnet()
+    x0 = torch.rand(8, 3, 32, 32, generator=gen(0)) * 2 - 1
+    for cls, cfg in ((Langevin, {}), (MALA, {"step_size": 0.01})):
+        ref = make(cls, memory_format="preserve", **cfg).run(e, x0, 5, generator=gen(1))
+        fast = make(cls, memory_format="channels_last", **cfg).run(e, x0, 5, generator=gen(1))
+        torch.testing.assert_close(fast.x, ref.x, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fast.grad_norm, ref.grad_norm, atol=1e-4, rtol=1e-4)
+
+
+class Counting(nn.Module):
+    """Counts forward passes with and without an input gradient being taken."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner, self.grad_calls, self.plain_calls = inner, 0, 0
+
+    def forward(self, x):
+        if torch.is_grad_enabled() and x.requires_grad:
+            self.grad_calls += 1
+        else:
+            self.plain_calls += 1
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("sampler, grads, plain", [
+    (make(Langevin), 5, 1),  # K gradients, one forward for U(x_K)
+    (make(MALA, step_size=0.1), 6, 0),  # one per step + the start
+    (make(HMC, step_size=0.1, leapfrog_steps=3), 16, 0),  # L per transition + the start
+], ids=["langevin", "mala", "hmc"])
+def test_gradient_evaluations_per_run(sampler, grads, plain):
+    e = Counting(DiagonalGaussianEnergy([1.0, 1.0]))
+    sampler.run(e, torch.zeros(4, 2), 5, generator=gen(0))
+    assert (e.grad_calls, e.plain_calls) == (grads, plain)
+
+
+def test_differentiable_langevin_is_the_linear_map_on_a_gaussian():
+    """Noise off on N(0, σ²): x_K = (1 − a/σ²)^K z, so ∂x_K/∂z = (1 − a/σ²)^K exactly."""
+    s = make(Langevin, step_size=0.5, tau=0.0)
+    e = DiagonalGaussianEnergy([2.0, 2.0])
+    z = torch.randn(4, 2, generator=gen(0), requires_grad=True)
+    x = s.run(e, z, 6, noise=False, differentiable=True).x
+    (g,) = torch.autograd.grad(x.sum(), z)
+    torch.testing.assert_close(g, torch.full_like(z, (1 - 0.125 / 2.0) ** 6))
+
+
+# --------------------------------------------------------------------------------------------
+# adaptation
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cls, target", [(MALA, 0.574), (HMC, 0.65)], ids=["mala", "hmc"])
+def test_dual_averaging_reaches_target_acceptance(cls, target):
+    """From a step size 10× too large the warm-up finds one whose post-warm-up acceptance
+    is within 0.1 of the target (acceptance is a smooth function of ε; 1000 chains × 100
+    steps give a standard error below 0.01, the rest is the adaptation's own error)."""
+    e = DiagonalGaussianEnergy(ANISO_VAR[::5])  # 10-D, σ² from 0.01 to 4
+    s = make(cls, step_size=1.0, adapt_steps=150, target_accept=target)
+    x0 = e.sample(1000, gen(0))
+    r = s.run(e, x0, 250, generator=gen(1))
+    assert abs(float(r.accept_rate) - target) < 0.1
+    eps = float(r.state.extra["step_size"])
+    assert 0.01 < eps < 0.5
+    fixed = make(cls, step_size=1.0)
+    assert float(fixed.run(e, x0, 20, generator=gen(1)).accept_rate) < target - 0.2
+
+
+def test_adaptation_off_by_default():
+    assert make(MALA).config.adapt_steps == 0 and make(HMC).config.adapt_steps == 0
+    r = make(MALA).run(DiagonalGaussianEnergy([1.0]), torch.zeros(3, 1), 3, generator=gen(0))
+    assert "step_size" not in r.state.extra
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["langevin", "mala", "hmc"])
+def test_describe_lists_every_parameter(cli, name):
+    from ebmkit.config import params
+
+    code, out, err = cli("describe", "sampler", name)
+    assert code == 0, err
+    flat = " ".join(out.split())
+    for p in params(default_registry().get("sampler", name).Config):
+        assert p.name in flat
+        assert p.help.split()[0] in flat
+        assert str(p.default) in flat
+
+
+# --------------------------------------------------------------------------------------------
+# slow: longer statistical runs
+# --------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler", [make(MALA, step_size=0.15, adapt_steps=300),
+                                     make(HMC, step_size=0.1, leapfrog_steps=20, adapt_steps=200)],
+                         ids=["mala", "hmc"])
+def test_mh_converge_on_anisotropic_gaussian_from_a_point(sampler):
+    """Convergence (not only invariance) in 50-D with a condition number of 400: from x = 0
+    after warm-up plus enough steps to mix the widest coordinate."""
+    mean = torch.linspace(-1, 1, 50)
+    e = DiagonalGaussianEnergy(ANISO_VAR, mean)
+    x0 = torch.zeros(2000, 50)
+    steps = 3000 if sampler.name == "mala" else 600
+    r = sampler.run(e, x0, steps, generator=gen(5))
+    assert_moments(r.x, mean, ANISO_VAR, sampler.name)
