@@ -65,6 +65,8 @@ class TrainConfig:
     checkpoint_every: int = param(500, "Write model.safetensors and the resume state every N iterations (0 = only at the end).", min=0)
     grid_size: int = param(64, "Samples in each grid.", min=1)
     plots: bool = param(True, "Write the diagnostics plots at the end.")
+    tensorboard: str = param("auto", "Also log diagnostics to TensorBoard via Accelerate's trackers: auto (when tensorboard is installed), on, off.",
+                             choices=("auto", "on", "off"))
 
     def __post_init__(self):
         if self.steps_max is not None and self.steps_max < 1:

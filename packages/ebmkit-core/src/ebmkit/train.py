@@ -123,7 +123,9 @@ def train(
     cfg = spec.train
     out_dir = Path(out_dir)
     device = pick_device(cfg.device)
-    accelerator = Accelerator(cpu=device == "cpu", mixed_precision=cfg.mixed_precision)
+    log_with = _trackers(cfg)
+    accelerator = Accelerator(cpu=device == "cpu", mixed_precision=cfg.mixed_precision,
+                              log_with=log_with, project_dir=str(out_dir) if log_with else None)
     rank, world = accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
     device = accelerator.device
@@ -155,6 +157,10 @@ def train(
     batches = batch_stream(dataset, cfg.batch_size, generator=gen_data, start=start)
 
     doc = spec.document()
+    if log_with:
+        flat = {f"{sec}.{k}": (str(v) if isinstance(v, (list, tuple)) or v is None else v)
+                for sec, table in doc.items() for k, v in table.items()}
+        accelerator.init_trackers("tensorboard", config=flat)
     log = CSVLog(out_dir / "diagnostics.csv", keep_until=start if resume else None) if main else None
     a = step_scale(sampler)
     last: dict[str, float] = {}
@@ -221,6 +227,9 @@ def train(
                 if (it + 1) % cfg.log_every == 0:
                     log.write(row)
                     log.flush()
+                    if log_with:
+                        accelerator.log({k: v for k, v in row.items() if v is not None and k != "iter"},
+                                        step=it + 1)
                 if bar:
                     acc_s = f" acc {accept:.2f}" if not math.isnan(accept) else ""
                     bar.update(task, completed=it + 1,
@@ -243,8 +252,24 @@ def train(
                 save_grid(final, samples_dir / "final.png")
             if cfg.plots and (out_dir / "diagnostics.csv").exists() and step > 0:
                 plot_diagnostics(out_dir / "diagnostics.csv", out_dir / "plots")
+    if log_with:
+        accelerator.end_training()
     accelerator.wait_for_everyone()
     return TrainResult(out_dir, step, model_path, last)
+
+
+def _trackers(cfg) -> list[str] | None:
+    """TensorBoard through Accelerate's trackers, when asked for or (auto) when installed."""
+    if cfg.tensorboard == "off":
+        return None
+    import importlib.util
+
+    have = importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None
+    if cfg.tensorboard == "on" and not have:
+        from .errors import MissingDependencyError
+
+        raise MissingDependencyError("train.tensorboard=on", "pip install 'ebmkit-core[tensorboard]'")
+    return ["tensorboard"] if have else None
 
 
 def _final_samples(spec, model, sampler, init, gen, device, x_neg):
