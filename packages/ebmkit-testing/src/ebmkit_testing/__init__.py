@@ -23,15 +23,12 @@ from .energies import EnergyConformance
 from .evaluators import EvaluatorConformance
 from .fixtures import CliResult, CliRunner
 from .initializers import InitializerConformance
+from .samplers import DiagonalGaussianEnergy, GaussianMixtureEnergy, SamplerConformance
 from .toys import GaussianEnergy, GaussianPoints, gaussian_energy, gaussian_points
 
 __all__ = [
-    "CliResult", "CliRunner", "ComponentConformance", "DataSourceConformance", "EnergyConformance",
+    "CliResult", "CliRunner", "ComponentConformance", "DataSourceConformance",
+    "DiagonalGaussianEnergy", "EnergyConformance", "GaussianMixtureEnergy",
     "EvaluatorConformance", "GaussianEnergy", "GaussianPoints", "InitializerConformance",
     "SamplerConformance", "gaussian_energy", "gaussian_points", "require",
 ]
-
-try:  # written alongside (samplers.py); optional until it lands
-    from .samplers import SamplerConformance
-except ImportError:  # pragma: no cover
-    __all__.remove("SamplerConformance")

@@ -123,6 +123,65 @@ class Underdamped(Sampler):
         return new, StepInfo(grad_norm=gn, energy=u, divergent=divergent)
 
 
+    # --- known bias -------------------------------------------------------------------------
+    def step_map(self, variance: float) -> tuple[list[list[float]], list[list[float]]]:
+        """The one-step map on a Gaussian target ``U = x²/(2σ²)`` (``σ² = variance``), per
+        coordinate: ``(x, p) ← M (x, p) + noise`` with noise covariance ``Q``; returns (M, Q)."""
+        w2 = 1.0 / (variance * self.temperature)  # V = U/T = x² w2 / 2
+        h, c, s2 = self.h, self.c, self.s**2
+
+        def kick(t):
+            return [[1.0, 0.0], [-t * w2, 1.0]], [[0.0, 0.0], [0.0, 0.0]]
+
+        def drift(t):
+            return [[1.0, t], [0.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]]
+
+        ou = ([[1.0, 0.0], [0.0, c]], [[0.0, 0.0], [0.0, s2]])
+        if self.config.integrator == "baoab":
+            parts = [kick(h / 2), drift(h / 2), ou, drift(h / 2), kick(h / 2)]
+        else:
+            parts = [ou, kick(h / 2), drift(h), kick(h / 2), ou]
+        M, Q = [[1.0, 0.0], [0.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]]
+        for Mi, Qi in parts:  # compose: Σ ← Mi Σ Miᵀ + Qi
+            M, Q = _mm(Mi, M), _add(_mm(_mm(Mi, Q), _t(Mi)), Qi)
+        return M, Q
+
+    def gaussian_covariance(self, variance: float, steps: int,
+                            initial_variance: float = 0.0) -> list[list[float]]:
+        """Covariance of ``(x, p)`` per coordinate after ``steps`` steps on ``U = x²/(2σ²)``,
+        from ``x0`` with variance ``initial_variance`` and the configured initial momentum."""
+        M, Q = self.step_map(variance)
+        p0 = 1.0 if self.config.init_momentum == "gaussian" else 0.0
+        S = [[float(initial_variance), 0.0], [0.0, p0]]
+        for _ in range(int(steps)):
+            S = _add(_mm(_mm(M, S), _t(M)), Q)
+        return S
+
+    def gaussian_variance(self, variance: float, steps: int | None = None,
+                          initial_variance: float = 0.0) -> float:
+        """Position variance on ``U = x²/(2σ²)`` after ``steps`` steps (``None``: stationary,
+        :func:`gaussian_stationary_variance`); the exact law is ``σ²T``. Used by the conformance
+        kit's Gaussian check. Returns ``inf`` outside the stability region ``h < 2·sqrt(σ²T)``."""
+        target = variance * self.temperature
+        if self.h**2 >= 4 * target:
+            return math.inf
+        if steps is None:
+            return gaussian_stationary_variance(self.config.integrator, self.h, target)[0]
+        return self.gaussian_covariance(variance, steps, initial_variance)[0][0]
+
+
+def _mm(a: list[list[float]], b: list[list[float]]) -> list[list[float]]:
+    return [[sum(a[i][k] * b[k][j] for k in range(2)) for j in range(2)] for i in range(2)]
+
+
+def _t(a: list[list[float]]) -> list[list[float]]:
+    return [[a[0][0], a[1][0]], [a[0][1], a[1][1]]]
+
+
+def _add(a: list[list[float]], b: list[list[float]]) -> list[list[float]]:
+    return [[a[i][j] + b[i][j] for j in range(2)] for i in range(2)]
+
+
 def gaussian_stationary_variance(
     integrator: str, step_size: float, variance: float
 ) -> tuple[float, float]:
