@@ -252,9 +252,9 @@ def train(
                 save_grid(final, samples_dir / "final.png")
             if cfg.plots and (out_dir / "diagnostics.csv").exists() and step > 0:
                 plot_diagnostics(out_dir / "diagnostics.csv", out_dir / "plots")
-    if log_with:
-        accelerator.end_training()
     accelerator.wait_for_everyone()
+    if log_with:  # end_training() also destroys the process group: after the last barrier
+        accelerator.end_training()
     return TrainResult(out_dir, step, model_path, last)
 
 
