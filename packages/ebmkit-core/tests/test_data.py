@@ -308,7 +308,8 @@ def test_cli_shard_verify_preview(cli, tmp_path):
     assert cli("data", "verify", out)[0] == 0
     (out / "train-000001.tar").write_bytes(b"broken")
     code, _, err = cli("data", "verify", out)
-    assert code != 0 and "checksum" in err and len(err.strip().splitlines()) == 1
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code != 0 and len(errors) == 1 and "checksum" in errors[0]
     code, _, err = cli("data", "preview", "mnist5k", "-o", tmp_path / "g.png", "-n", "16")
     assert code == 0, err
     assert Image.open(tmp_path / "g.png").size[0] > 64
