@@ -1,0 +1,97 @@
+"""`ebmkit plugin new`: the generated package is complete and its own tests pass as generated."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from ebmkit.builtin import scaffold
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_writes_a_complete_package(ebmkit_cli, tmp_path):
+    ebmkit_cli.use(scaffold)
+    dest = tmp_path / "pkg"
+    res = ebmkit_cli("plugin", "new", "my-sampler", "--kind", "sampler", "--dir", dest)
+    assert res.exit_code == 0, res.output
+    files = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    assert files == ["README.md", "pyproject.toml", "src/ebmkit_my_sampler/__init__.py",
+                     "tests/test_ebmkit_my_sampler.py"]
+    meta = tomllib.loads((dest / "pyproject.toml").read_text())
+    assert meta["project"]["name"] == "ebmkit-my-sampler"
+    assert meta["project"]["entry-points"]["ebmkit"] == {"my-sampler": "ebmkit_my_sampler"}
+    assert "$" not in "".join(p.read_text() for p in dest.rglob("*") if p.is_file())
+    for py in dest.rglob("*.py"):
+        compile(py.read_text(), str(py), "exec")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["My Sampler"], "use lowercase letters and digits"),
+    (["ok", "--kind", "sampelr"], "unknown kind 'sampelr'; available: sampler"),
+])
+def test_bad_arguments_are_one_line_errors(ebmkit_cli, tmp_path, args, message):
+    ebmkit_cli.use(scaffold)
+    res = ebmkit_cli("plugin", "new", *args, "--dir", tmp_path / "x")
+    assert res.exit_code != 0
+    assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_refuses_a_non_empty_directory(ebmkit_cli, tmp_path):
+    ebmkit_cli.use(scaffold)
+    (tmp_path / "keep.txt").write_text("mine")
+    res = ebmkit_cli("plugin", "new", "s", "--dir", tmp_path)
+    assert res.exit_code != 0 and "not empty" in res.stderr
+    assert ebmkit_cli("plugin", "new", "s", "--dir", tmp_path, "--force").exit_code == 0
+    assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_generated_tests_pass_in_process(tmp_path):
+    """The generated suite passes as written (the entry-point check needs an install: slow test)."""
+    scaffold.render("quick-check", "sampler", tmp_path / "pkg")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "pkg" / "src")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "-k", "not advertised_by_entry_point"],
+        cwd=tmp_path / "pkg", env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and "failed" not in proc.stdout
+
+
+def _uv() -> str:
+    uv = shutil.which("uv")
+    if uv is None:
+        pytest.skip("needs uv to build a fresh virtual environment")
+    return uv
+
+
+@pytest.mark.slow
+def test_scaffolded_package_installed_from_outside_the_repo(tmp_path):
+    """Fresh venv (only ebmkit-core + ebmkit-testing from this checkout), scaffold into a
+    directory outside the repository, pip-install it, run its tests, see it in `ebmkit list`."""
+    uv = _uv()
+    assert ROOT not in tmp_path.parents
+    venv = tmp_path / "venv"
+    env = {**os.environ, "VIRTUAL_ENV": str(venv)}
+    env.pop("PYTHONPATH", None)
+    run = lambda *a, **k: subprocess.run(a, env=env, capture_output=True, text=True,  # noqa: E731
+                                         timeout=600, **k)
+    assert run(uv, "venv", "-q", str(venv)).returncode == 0
+    p = run(uv, "pip", "install", "-q", str(ROOT / "packages/ebmkit-core"),
+            str(ROOT / "packages/ebmkit-testing"))
+    assert p.returncode == 0, p.stderr
+    bin_ = venv / "bin"
+    p = run(str(bin_ / "ebmkit"), "plugin", "new", "outside-sampler", cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    pkg = tmp_path / "ebmkit-outside-sampler"
+    p = run(uv, "pip", "install", "-q", str(pkg))
+    assert p.returncode == 0, p.stderr
+    p = run(str(bin_ / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=pkg)
+    assert p.returncode == 0 and "failed" not in p.stdout, p.stdout[-3000:] + p.stderr[-2000:]
+    p = run(str(bin_ / "ebmkit"), "list", "samplers", cwd=tmp_path)
+    assert p.returncode == 0 and "outside-sampler" in p.stdout and "ebmkit-outside-sampler" in p.stdout, p.stdout
