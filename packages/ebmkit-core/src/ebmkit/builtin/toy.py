@@ -15,7 +15,6 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
 import torch
 from torch import Tensor
@@ -206,10 +205,10 @@ REGIMES = ("nonconvergent", "convergent")
 
 #: Shortened settings for a quick look (and the fast test): the direction of the effects only.
 FAST_OVERRIDES = {
-    "nonconvergent": ["train.iterations=600"],
-    "convergent": ["train.iterations=150", "init.buffer_size=2000"],
+    "nonconvergent": ["train.iterations=300"],
+    "convergent": ["train.iterations=80", "init.buffer_size=1000"],
 }
-FAST_EVAL = {"grid": 80, "n_samples": 2000, "long_steps": 300, "mmd_samples": 1000}
+FAST_EVAL = {"grid": 64, "n_samples": 1000, "long_steps": 200, "mmd_samples": 500}
 
 #: What counts as a reproduction (see docs/reproductions/toy.md for how they were chosen).
 #: Each entry: (regime, metric, op, threshold, meaning).
@@ -276,13 +275,13 @@ def ebmkit_cli(app):
 
     @app.command("toy")
     def toy_command(
-        toy: Annotated[str, typer.Argument(help="gmm (8 Gaussians), rings (4 rings) or 1d (1-D mixture).")],
-        regime: Annotated[str, typer.Option(help="nonconvergent, convergent or both.")] = "both",
-        out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("runs/toy"),
-        fast: Annotated[bool, typer.Option(help="Shortened runs: the direction of the effects in about a minute.")] = False,
-        set_: Annotated[list[str] | None, typer.Option("--set", help="Training override SECTION.KEY=VALUE (repeatable).")] = None,
-        eval_set: Annotated[list[str] | None, typer.Option("--eval-set", help="toy_density option KEY=VALUE (repeatable), e.g. long_steps=5000.")] = None,
-        progress: Annotated[bool, typer.Option(help="Show the training progress bar.")] = True,
+        toy: str = typer.Argument(..., help="gmm (8 Gaussians), rings (4 rings) or 1d (1-D mixture)."),
+        regime: str = typer.Option("both", help="nonconvergent, convergent or both."),
+        out: Path = typer.Option(Path("runs/toy"), "--out", "-o", help="Output directory."),
+        fast: bool = typer.Option(False, help="Shortened runs: only the direction of the effects, in about a minute."),
+        set_: list[str] | None = typer.Option(None, "--set", help="Training override SECTION.KEY=VALUE (repeatable)."),
+        eval_set: list[str] | None = typer.Option(None, "--eval-set", help="toy_density option KEY=VALUE (repeatable), e.g. long_steps=5000."),
+        progress: bool = typer.Option(True, help="Show the training progress bar."),
     ):
         """Reproduce the papers' toy experiments: train, evaluate and draw the density panels."""
         from rich.console import Console
