@@ -147,16 +147,17 @@ def test_divergence_stops_with_message_and_keeps_checkpoint(reg, tmp_path):
 def test_persistent_toy_run_oscillates_between_expansion_and_contraction(reg, tmp_path):
     """Anatomy §3: with persistent chains and noisy ULA, d_t takes both signs after burn-in."""
     doc = build_document(overrides=[
-        "energy.name=mlp", "data.name=test-8gauss", "init.name=persistent", "init.buffer_size=1000",
-        "init.low=-2", "init.high=2", "sampler.step_size=0.05", "sampler.steps=20",
-        "train.batch_size=100", "train.iterations=150", "train.lr=1e-3", "train.data_noise=0",
-        "train.sample_every=0", "train.checkpoint_every=0", "train.plots=true"])
+        "energy.name=mlp", "energy.hidden=64", "data.name=test-8gauss", "init.name=persistent",
+        "init.buffer_size=500", "init.low=-2", "init.high=2", "sampler.step_size=0.05",
+        "sampler.steps=10", "train.batch_size=64", "train.iterations=100", "train.lr=1e-3",
+        "train.data_noise=0", "train.sample_every=0", "train.checkpoint_every=0", "train.plots=true",
+        "train.tensorboard=off"])
     res = train(resolve(doc, reg), tmp_path, progress=False)
     d = read_csv(tmp_path / "diagnostics.csv")
-    after = d["d_t"][50:]
-    assert (after > 0).sum() >= 10 and (after < 0).sum() >= 10, after
+    after = d["d_t"][33:]  # after burn-in; this seed gives 20 contraction / 47 expansion steps
+    assert (after > 0).sum() >= 5 and (after < 0).sum() >= 5, after
     assert all(math.isfinite(v) for v in d["e_pos"]) and all(math.isfinite(v) for v in d["e_neg"])
-    assert res.step == 150
+    assert res.step == 100
     assert (tmp_path / "plots" / "oscillation.png").is_file()
 
 

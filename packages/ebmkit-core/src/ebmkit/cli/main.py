@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -92,6 +93,7 @@ def run(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/<name>-<time>).")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run saved in this directory.")] = None,
     force: Annotated[bool, typer.Option(help="Write into a directory that already holds a run.")] = False,
+    download: Annotated[bool, typer.Option("--download", help="Allow the dataset to be downloaded (shortcut for --set data.download=true).")] = False,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")] = False,
 ):
@@ -108,6 +110,8 @@ def run(
         overrides.append(f"train.seed={seed}")
     if device is not None:
         overrides.append(f"train.device={device}")
+    if download:
+        overrides.append("data.download=true")
 
     if resume is not None:
         if any(v is not None for v in (preset, config, energy, sampler, init, data)):
@@ -133,7 +137,9 @@ def run(
             raise ConfigError(f"{out_dir} already holds a run; use --resume {out_dir}, another --out, or --force")
 
     c = spec.classes
-    console.print(
+    quiet = int(os.environ.get("RANK", "0")) != 0  # under torchrun/accelerate only rank 0 talks
+    say = (lambda *a, **k: None) if quiet else console.print
+    say(
         f"[bold]ebmkit run[/] energy={c['energy'].name} sampler={c['sampler'].name} "
         f"init={c['init'].name} data={c['data'].name}  iterations={spec.train.iterations} "
         f"batch={spec.train.batch_size} K={spec.configs['sampler'].steps if hasattr(spec.configs['sampler'], 'steps') else '?'}"
@@ -141,8 +147,8 @@ def run(
     result = train(spec, out_dir, resume=resume is not None, progress=progress, console=console)
     if result.step and result.last:
         lt = result.last
-        console.print(f"done: step {result.step}, d_t {lt['d_t']:+.4g}, v_t {lt['v_t']:.4g}", highlight=False)
-    console.print(f"checkpoint: {result.checkpoint}\nsamples:    {out_dir / 'samples'}\n"
+        say(f"done: step {result.step}, d_t {lt['d_t']:+.4g}, v_t {lt['v_t']:.4g}", highlight=False)
+    say(f"checkpoint: {result.checkpoint}\nsamples:    {out_dir / 'samples'}\n"
                   f"diagnostics: {out_dir / 'diagnostics.csv'}, {out_dir / 'plots'}", highlight=False)
 
 
