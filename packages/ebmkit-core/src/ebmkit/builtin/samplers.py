@@ -345,6 +345,11 @@ class HMCConfig:
                            "(default 20 x 5 = the gradient budget of 100 Langevin steps).", min=0)
     step_size: float = _HMC["step_size"]
     leapfrog_steps: int = param(5, "Leapfrog steps L per transition (L = 1 is MALA).", min=1)
+    step_jitter: float = param(
+        0.0,
+        "Draw each chain's step size uniformly in [eps(1-j), eps(1+j)] every transition (0 = off). "
+        "Breaks the periodic orbits a fixed eps*L can fall into (e.g. eps=1, L=3 on N(0,1)).",
+        min=0.0, max=0.99)
     temperature: float = _HMC["temperature"]
     adapt_steps: int = _HMC["adapt_steps"]
     target_accept: float = _HMC["target_accept"]
@@ -369,6 +374,10 @@ class HMC(_Metropolis):
         x, g, u_x = state.x, state.grad, state.energy
         t = self.temperature
         p0 = randn_like_on(x, generator) if noise else torch.zeros_like(x)
+        j = float(self.config.step_jitter)
+        if noise and j > 0:  # per-chain step size, drawn independently of the state
+            r = rand_chains(x, generator)
+            eps = (eps * (1 + j * (2 * r - 1))).view((-1,) + (1,) * (x.ndim - 1))
         h0 = u_x + 0.5 * chain_sum(p0.square())
         p = p0 - (eps / 2) * g
         y = x
