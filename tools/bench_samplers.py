@@ -8,7 +8,8 @@ Baseline (short-run paper, App. 7.3, measured in the same run on the same module
         x.data += g + 1e-2 * randn_like(x)
 
 Rows: ``langevin`` (grad_coef 1, noise_std 0.01: the same chain), ``langevin`` with
-``memory_format=preserve`` (the fp32 contiguous reference layout), ``mala`` (K steps), and
+``memory_format=preserve`` (the fp32 contiguous reference layout), ``langevin`` with
+``precision=bf16`` (autocast; not the reference, shown for scale), ``mala`` (K steps), and
 ``hmc`` with L leapfrog steps for K/L transitions (the same number of gradients). Variants are
 interleaved, each repeated ``--reps`` times. On the CPU, ratios use the median *CPU time* of the
 process (``time.process_time``), which other processes on a shared machine barely disturb; the
@@ -64,6 +65,7 @@ def main() -> None:
 
     ula = sampler(Langevin, grad_coef=1.0, noise_std=0.01)
     ula_ref = sampler(Langevin, grad_coef=1.0, noise_std=0.01, memory_format="preserve")
+    ula_bf16 = sampler(Langevin, grad_coef=1.0, noise_std=0.01, precision="bf16")
     mala = sampler(MALA, step_size=0.01)
     hmc = sampler(HMC, step_size=0.01, leapfrog_steps=L)
     gen = torch.Generator(device=dev).manual_seed(0)
@@ -71,6 +73,7 @@ def main() -> None:
         "baseline (paper loop)": (lambda: baseline(f, x0, k), k),
         "langevin": (lambda: ula.run(f, x0, k, generator=gen), k),
         "langevin, preserve layout": (lambda: ula_ref.run(f, x0, k, generator=gen), k),
+        "langevin, bf16 autocast": (lambda: ula_bf16.run(f, x0, k, generator=gen), k),
         "mala": (lambda: mala.run(f, x0, k, generator=gen), k + 1),
         f"hmc (L={L})": (lambda: hmc.run(f, x0, k // L, generator=gen), (k // L) * L + 1),
     }

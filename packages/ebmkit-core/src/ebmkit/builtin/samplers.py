@@ -71,6 +71,13 @@ class LangevinConfig:
     clamp_min: float = param(-1.0, "Lower clamp bound.")
     clamp_max: float = param(1.0, "Upper clamp bound.")
     memory_format: str = param("auto", _MEMORY_HELP, choices=MEMORY_FORMATS)
+    precision: str = param(
+        "fp32",
+        "Arithmetic of the energy's forward/backward: fp32 (the reference) or bf16 (autocast; "
+        "states, noise and updates stay in the input's dtype). bf16 is ~2x faster on CPUs with "
+        "AVX512-BF16/AMX and on recent GPUs; check it against fp32 for your model.",
+        choices=("fp32", "bf16"),
+    )
 
     def __post_init__(self):
         if self.step_size is not None and (self.grad_coef is not None or self.noise_std is not None):
@@ -123,12 +130,25 @@ class Langevin(Sampler):
             x = x.clamp(cfg.clamp_min, cfg.clamp_max)
         return x
 
+    def _autocast(self, x: Tensor):
+        return torch.autocast(x.device.type, dtype=torch.bfloat16,
+                              enabled=self.config.precision == "bf16")
+
     def step(self, energy: nn.Module, state: ChainState, *, generator=None, noise=True,
              differentiable=False):
         gn = chain_grad_norm(state.grad.detach())
         x = self._move(state.x, state.grad, generator, noise, inplace=False)
-        u, g = energy_and_grad(energy, x, temperature=self.temperature, create_graph=differentiable)
+        with self._autocast(x):
+            u, g = energy_and_grad(energy, x, temperature=self.temperature,
+                                   create_graph=differentiable)
+        u = u.to(x.dtype)
         return ChainState(x=x, energy=u, grad=g), StepInfo(grad_norm=gn, energy=u)
+
+    def init(self, energy: nn.Module, x0: Tensor, *, differentiable: bool = False) -> ChainState:
+        with self._autocast(x0):
+            state = super().init(energy, x0, differentiable=differentiable)
+        state.energy = state.energy.to(x0.dtype)
+        return state
 
     def run(self, energy: nn.Module, x0: Tensor, steps: int | None = None, *, generator=None,
             noise: bool = True, differentiable: bool = False, record: bool = False):
@@ -146,11 +166,12 @@ class Langevin(Sampler):
             x = self.prepare(x0).requires_grad_(True)
             pending: Tensor | None = None  # ‖∇U(x_k)‖ waiting for U(x_{k+1}) (record mode)
             for _ in range(steps):
-                with torch.enable_grad():
+                with torch.enable_grad(), self._autocast(x):
                     u = energy(x)
                     if t != 1.0:
                         u = u / t
                     (g,) = torch.autograd.grad(u.sum(), x)
+                u = u.to(x.dtype)
                 if pending is not None:
                     stats.add(StepInfo(grad_norm=pending, energy=u.detach()))
                 pending = chain_grad_norm(g)
@@ -158,12 +179,15 @@ class Langevin(Sampler):
                     self._move(x, g, generator, noise, inplace=True)
             x = x.detach()
             if steps == 0:
-                u, g = energy_and_grad(energy, x, temperature=t)
+                with self._autocast(x):
+                    u, g = energy_and_grad(energy, x, temperature=t)
+                u = u.to(x.dtype)
                 stats.add(StepInfo(grad_norm=chain_grad_norm(g), energy=u), count=False)
             else:
-                with torch.no_grad():
+                with torch.no_grad(), self._autocast(x):
                     u = energy(x)
                     u = u / t if t != 1.0 else u
+                u = u.to(x.dtype)
                 stats.add(StepInfo(grad_norm=pending, energy=u))
         return stats.result(self.restore_layout(x, x0), u)
 
