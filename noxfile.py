@@ -40,7 +40,7 @@ def tests(session: nox.Session, package: str) -> None:
     """Run one member's test suite in an environment holding only that member."""
     _sync(session, package)
     tests_dir = MEMBERS[package] / "tests"
-    args = session.posargs or ["-m", "not slow", "-q"]
+    args = session.posargs or ["-q"]
     session.run("pytest", str(tests_dir), *args, env={"MPLBACKEND": "Agg"})
 
 
