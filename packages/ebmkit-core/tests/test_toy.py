@@ -22,6 +22,15 @@ from ebmkit.builtin.toy import CLAIMS, GMM1D, GMM2D, TOY_SOURCES, Rings2D, check
 from ebmkit.config import build
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: intra-op threads only add spin-waiting (badly so on a shared CPU)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def make(cls, **kw):
     return cls(build(cls.Config, kw, where="data"))
 
@@ -223,7 +232,6 @@ def test_fast_reproduction_shows_the_direction_of_the_effects(tmp_path, registry
     and the learned density is sharper than the truth. Convergent ML: the learned density is
     closer to the truth than the non-convergent one, and not sharper than it.
     """
-    torch.set_num_threads(1)
     m = reproduce("gmm", tmp_path, fast=True, registry=registry)
     nc, c = m["nonconvergent"], m["convergent"]
     assert nc["tv_short_kde"] < nc["tv_model"]
