@@ -10,7 +10,6 @@ own virtual environment with uv, so a member that forgets to declare a dependenc
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nox
