@@ -115,3 +115,15 @@ def test_corrupt_and_foreign_checkpoints(cli, tmp_path):
     torch.save({"w": torch.zeros(2)}, pickle)
     code, _, err = cli("sample", pickle)
     assert code == 2 and "not a readable safetensors file" in err
+
+
+def test_sampling_a_persistent_run_starts_from_its_noise(cli, tmp_path):
+    out_dir = tmp_path / "pcd"
+    code, _, err = cli("run", "--preset", "quick", "-n", "2", "--init", "persistent", "--set",
+                       "init.buffer_size=16", "--no-progress", "--out", out_dir, *TINY)
+    assert code == 0, err
+    code, _, err = cli("sample", out_dir / "model.safetensors", "-n", "4", "--steps", "2",
+                       "-o", tmp_path / "g.png")
+    assert code == 0, err
+    code, _, err = cli("sample", out_dir / "model.safetensors", "--init", "data", "-o", tmp_path / "h.png")
+    assert code == 2 and "--init data cannot start chains without data" in err

@@ -186,11 +186,7 @@ def sample(
             raise ConfigError(f"--set {o}: only sampler.* and init.* can be changed when sampling")
     spec = resolve(apply_overrides(doc, set_ or []), reg)
     smp = spec.sampler()
-    ini = spec.initializer(meta["shape"])
-    if spec.classes["init"].name != "noise" and not hasattr(ini, "buffer"):
-        raise ConfigError(f"sampling from a checkpoint needs a standalone initializer such as 'noise', not '{spec.classes['init'].name}'")
-    if spec.classes["init"].name == "persistent":
-        ini = reg.create("initializer", "noise", {}, meta["shape"])
+    ini = _standalone_init(reg, spec, meta["shape"], explicit=init is not None)
     k = steps if steps is not None else (spec.train.sample_steps if spec.train.sample_steps is not None else smp.default_steps)
     gen = torch.Generator(device=dev).manual_seed(seed)
     model = EBM(energy=energy, sampler=smp, initializer=ini, steps=k, meta=meta)
@@ -209,6 +205,31 @@ def sample(
     else:
         raise ConfigError(f"samples of shape {tuple(meta['shape'])} are not images; use -o samples.safetensors")
     console.print(f"{n} samples, K={k}, {dt:.1f}s -> {output}", highlight=False)
+
+
+def _standalone_init(reg, spec, shape, *, explicit: bool):
+    """Chain starts for sampling from a checkpoint alone.
+
+    A noise initializer is used as is. Training-time initializers that need data or a buffer
+    (``data``, ``persistent``) are replaced by noise with the same noise settings, unless the user
+    asked for one explicitly with ``--init``, which is then an error.
+    """
+    from dataclasses import fields
+
+    name = spec.classes["init"].name
+    ini = spec.initializer(shape)
+    try:
+        probe = ini.sample(1)
+    except (ValueError, TypeError, EbmkitError):
+        probe = None
+    if probe is not None and name != "persistent":
+        return ini
+    if explicit:
+        raise ConfigError(f"--init {name} cannot start chains without data; use --init noise")
+    noise_cls = reg.get("initializer", "noise")
+    cfg = spec.configs["init"]
+    keep = {f.name: getattr(cfg, f.name) for f in fields(noise_cls.Config) if hasattr(cfg, f.name)}
+    return reg.create("initializer", "noise", keep, shape)
 
 
 @app.command("list")
