@@ -207,6 +207,60 @@ def sample(
     console.print(f"{n} samples, K={k}, {dt:.1f}s -> {output}", highlight=False)
 
 
+@app.command("eval")
+def eval_(
+    checkpoint: Annotated[Path, typer.Argument(help="A model .safetensors written by ebmkit run.")],
+    evaluator: Annotated[list[str], typer.Option("--evaluator", "-e", help="Evaluator name (repeatable; ebmkit list evaluators).",
+                                                 autocompletion=_completer("evaluator"))],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="EVALUATOR.KEY=VALUE, e.g. longrun.steps=5000 (repeatable).")] = None,
+    data: DataOpt = None,
+    steps: Annotated[int | None, typer.Option("--steps", "-k", min=0, help="Sampling K (default: the run's).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output directory (default: eval/ next to the checkpoint).")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, auto.")] = "auto",
+):
+    """Evaluate a checkpoint: numbers (printed, and JSON) and pictures (PNG)."""
+    from ..checkpoint import load_energy
+    from ..components import EBM
+    from ..config import parse_override
+    from ..runconfig import build_document, merge, resolve
+    from ..train import pick_device
+
+    reg = _registry()
+    for name in evaluator:
+        reg.get("evaluator", name)
+    per_eval: dict[str, dict[str, str]] = {name: {} for name in evaluator}
+    for o in set_ or []:
+        section, key, value = parse_override(o)
+        if section not in per_eval:
+            raise ConfigError(f"--set {o}: the section must be one of the chosen evaluators: {', '.join(evaluator)}")
+        per_eval[section][key] = value
+    dev = pick_device(device)
+    energy, meta = load_energy(checkpoint, reg, device=dev)
+    doc = meta["config"]
+    data_name, data_over = _data_name(data)
+    if data_name:
+        doc = merge(doc, {"data": {"name": data_name}})
+    spec = resolve(build_document(preset_doc=doc, overrides=data_over), reg)
+    smp = spec.sampler()
+    ini = _standalone_init(reg, spec, meta["shape"], explicit=False)
+    k = steps if steps is not None else (spec.train.sample_steps if spec.train.sample_steps is not None else smp.default_steps)
+    model = EBM(energy=energy, sampler=smp, initializer=ini, steps=k, meta=meta)
+    source = spec.data_source()
+    out_dir = out or checkpoint.parent / "eval"
+    for name in evaluator:
+        ev = reg.create("evaluator", name, per_eval[name])
+        t0 = time.perf_counter()
+        result = ev.evaluate(model, source, out_dir)
+        table = Table(title=f"{name} ({time.perf_counter() - t0:.1f}s)")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key, value in result.metrics.items():
+            table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
+        console.print(table)
+        for key, path in result.figures.items():
+            console.print(f"{key}: {path}", highlight=False)
+
+
 def _standalone_init(reg, spec, shape, *, explicit: bool):
     """Chain starts for sampling from a checkpoint alone.
 
