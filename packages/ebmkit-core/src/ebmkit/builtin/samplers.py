@@ -229,6 +229,11 @@ class _Metropolis(Sampler):
 
     exact = True
 
+    @property
+    def a(self) -> float:
+        """Gradient coefficient ε²/2 of a proposal (of HMC's first leapfrog step), for ``r_t = a·v_t``."""
+        return float(self.config.step_size) ** 2 / 2
+
     def init(self, energy: nn.Module, x0: Tensor, *, differentiable: bool = False) -> ChainState:
         state = super().init(energy, x0, differentiable=differentiable)
         if self.warmup_steps > 0:
@@ -337,11 +342,6 @@ class MALA(_Metropolis):
     summary = "Metropolis-adjusted Langevin: exact for exp(-U/T), one energy gradient per step."
     Config = MALAConfig
 
-    @property
-    def a(self) -> float:
-        """Gradient coefficient ε²/2 (for ``r_t = a·v_t``)."""
-        return float(self.config.step_size) ** 2 / 2
-
     def propose(self, energy, state, eps, generator, noise, differentiable):
         x, g_x, u_x = state.x, state.grad, state.energy
         a = eps * eps / 2
@@ -388,11 +388,6 @@ class HMC(_Metropolis):
     name = "hmc"
     summary = "Hamiltonian Monte Carlo (leapfrog, Gaussian momentum, Metropolis test): L gradients per transition."
     Config = HMCConfig
-
-    @property
-    def a(self) -> float:
-        """Gradient coefficient ε²/2 of the first leapfrog step (for ``r_t = a·v_t``)."""
-        return float(self.config.step_size) ** 2 / 2
 
     def propose(self, energy, state, eps, generator, noise, differentiable):
         x, g, u_x = state.x, state.grad, state.energy
