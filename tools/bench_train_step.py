@@ -32,15 +32,22 @@ def paper_energy(n_c: int, n_f: int) -> nn.Module:
         nn.Conv2d(n_f * 8, 1, 4, 1, 0))
 
 
-def paper_iterations(data: torch.Tensor, *, nf: int, k: int, m: int, iters: int) -> list[float]:
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def paper_iterations(data: torch.Tensor, *, nf: int, k: int, m: int, iters: int,
+                     device: str = "cpu") -> list[float]:
     """The appendix loop, timed per iteration."""
-    f = paper_energy(data.shape[1], nf)
+    data = data.to(device)
+    f = paper_energy(data.shape[1], nf).to(device)
     optim = torch.optim.Adam(f.parameters(), lr=1e-4, betas=(0.9, 0.999))
     times = []
     for _ in range(iters):
         t0 = time.perf_counter()
-        x_p_d = data[torch.randint(0, len(data), (m,))] + 0.1 * torch.randn(m, *data.shape[1:])
-        x_k = torch.autograd.Variable(torch.rand(m, *data.shape[1:]) * 2 - 1, requires_grad=True)
+        x_p_d = data[torch.randint(0, len(data), (m,), device=device)] + 0.1 * torch.randn(m, *data.shape[1:], device=device)
+        x_k = torch.autograd.Variable(torch.rand(m, *data.shape[1:], device=device) * 2 - 1, requires_grad=True)
         for _ in range(k):
             f_prime = torch.autograd.grad(f(x_k).sum(), [x_k], retain_graph=True)[0]
             x_k.data += f_prime + 1e-2 * torch.randn_like(x_k)
@@ -49,11 +56,13 @@ def paper_iterations(data: torch.Tensor, *, nf: int, k: int, m: int, iters: int)
         optim.zero_grad()
         (-loss).backward()
         optim.step()
+        _sync(device)
         times.append(time.perf_counter() - t0)
     return times
 
 
-def ebmkit_iterations(*, nf: int, k: int, m: int, iters: int, limit: int) -> list[float]:
+def ebmkit_iterations(*, nf: int, k: int, m: int, iters: int, limit: int,
+                      device: str = "cpu") -> list[float]:
     from ebmkit.plugins import default_registry
     from ebmkit.runconfig import build_document, resolve
     from ebmkit.train import train
@@ -62,7 +71,7 @@ def ebmkit_iterations(*, nf: int, k: int, m: int, iters: int, limit: int) -> lis
     doc = build_document(preset_doc=default_registry().get("preset", "quick").read(), overrides=[
         f"energy.nf={nf}", f"sampler.steps={k}", f"train.batch_size={m}", f"train.iterations={iters}",
         f"data.limit={limit}", "train.sample_every=0", "train.checkpoint_every=0", "train.plots=false",
-        "train.tensorboard=off"])
+        "train.tensorboard=off", f"train.device={device}"])
     spec = resolve(doc, default_registry())
     with tempfile.TemporaryDirectory() as tmp:
         train(spec, tmp, progress=False, on_iteration=lambda it, row: times.append(row["sec"]))
@@ -77,18 +86,22 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=6, help="timed iterations per round (first one dropped)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (both loops run there)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from ebmkit.builtin.datasets import MNIST5k, ImageConfig
+    from ebmkit.builtin.datasets import ImageConfig, MNIST5k
 
     data = MNIST5k(ImageConfig(resolution=32, channels=1, limit=1000)).open().tensors[0]
     base, ours = [], []
     for _ in range(args.rounds):
-        base += paper_iterations(data, nf=args.nf, k=args.k, m=args.batch, iters=args.iters)[1:]
-        ours += ebmkit_iterations(nf=args.nf, k=args.k, m=args.batch, iters=args.iters, limit=1000)[1:]
+        base += paper_iterations(data, nf=args.nf, k=args.k, m=args.batch, iters=args.iters,
+                                 device=args.device)[1:]
+        ours += ebmkit_iterations(nf=args.nf, k=args.k, m=args.batch, iters=args.iters, limit=1000,
+                                  device=args.device)[1:]
     b, o = statistics.median(base), statistics.median(ours)
-    print(f"convnet32 nf={args.nf} K={args.k} batch={args.batch} threads={args.threads} torch {torch.__version__}")
+    print(f"convnet32 nf={args.nf} K={args.k} batch={args.batch} device={args.device} "
+          f"threads={args.threads} torch {torch.__version__}")
     print(f"paper appendix loop : {b * 1000:8.1f} ms / iteration (median of {len(base)})")
     print(f"ebmkit train()      : {o * 1000:8.1f} ms / iteration (median of {len(ours)})")
     print(f"ratio ebmkit / paper: {o / b:.3f}x")
