@@ -243,8 +243,9 @@ def test_fast_reproduction_shows_the_direction_of_the_effects(tmp_path, registry
 
 
 #: Claims the full reproductions miss on a 2-core CPU budget (docs/reproductions/toy.md explains
-#: each). Recorded, not hidden: the slow test fails if any other claim fails, and also if one of
-#: these starts to hold (then the docs and this set must be updated).
+#: each). Recorded, not hidden: the slow test fails if any other claim fails. (Some sit close to
+#: their threshold, e.g. gmm's entropy gap -0.259 vs -0.25, so a pass on another torch build is
+#: not an error.)
 KNOWN_DEVIATIONS = {
     ("gmm", "convergent", "entropy_gap"),
     ("rings", "nonconvergent", "tv_short_kde"),
@@ -257,8 +258,8 @@ KNOWN_DEVIATIONS = {
 @pytest.mark.parametrize("toy", ["gmm", "rings", "1d"])
 def test_full_reproduction_meets_the_thresholds(tmp_path, registry, toy):
     """The documented reproduction (docs/reproductions/toy.md): every claim's threshold holds,
-    except the documented deviations, which must still be deviations."""
+    except the documented deviations."""
     m = reproduce(toy, tmp_path, registry=registry)
     failed = {(toy, r[0], r[1]) for r in check_claims(m) if not r[5]}
     known = {k for k in KNOWN_DEVIATIONS if k[0] == toy}
-    assert failed == known, (sorted(failed - known), sorted(known - failed))
+    assert failed <= known, sorted(failed - known)
