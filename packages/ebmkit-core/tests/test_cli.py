@@ -22,6 +22,8 @@ def test_list_and_describe(cli):
     assert code == 0
     for p in ("steps", "step_size", "tau", "grad_coef", "noise_std", "temperature", "clamp"):
         assert p in out
+    code, out, _ = cli("describe", "initializer", "noise")
+    assert code == 0 and "[one of: uniform, gaussian]" in out  # brackets are not eaten as markup
     code, out, _ = cli("describe", "train")
     assert code == 0 and "data_noise" in out
     code, out, _ = cli("describe", "preset", "quick")
@@ -38,6 +40,7 @@ def test_list_and_describe(cli):
         (["run", "--set", "train.lr=-1"], "train.lr: must be > 0.0"),
         (["run", "--preset", "quik"], "unknown preset 'quik'. Did you mean 'quick'?"),
         (["run", "--config", "/nonexistent/run.toml"], "config file not found"),
+        (["run", "--config", "/nonexistent/[extra].toml"], "/nonexistent/[extra].toml"),
         (["run", "--set", "steps"], "expected SECTION.KEY=VALUE"),
         (["list", "widgets"], "unknown kind 'widgets'"),
         (["run", "--energy", "convnet64", "--dry-run"], "expects images [C, 64, 64]"),

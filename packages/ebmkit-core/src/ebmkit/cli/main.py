@@ -304,7 +304,7 @@ def list_(
     table.add_column("description")
     for k in kinds:
         for e in reg.entries(k):
-            row = [e.name, e.dist or e.plugin, e.version, e.summary]
+            row = [e.name, e.dist or e.plugin, e.version, escape(e.summary)]
             table.add_row(*([k] if not kind else []), *row)
     console.print(table)
     if reg.load_errors:
@@ -338,7 +338,7 @@ def describe(
         doc = entry.summary
     console.print(title)
     if doc:
-        console.print(doc, highlight=False)
+        console.print(doc, highlight=False, markup=False)
     table = Table()
     for col in ("parameter", "type", "default", "description"):
         table.add_column(col)
@@ -350,7 +350,7 @@ def describe(
             extra.append((">" if p.min_exclusive else ">=") + f" {p.min}")
         if p.max is not None:
             extra.append(f"<= {p.max}")
-        desc = escape(p.help) + (f" [{'; '.join(extra)}]" if extra else "")
+        desc = escape(p.help + (f" [{'; '.join(extra)}]" if extra else ""))
         default = "(required)" if p.required else repr(p.default)
         table.add_row(p.name, p.type_name, default, desc)
     console.print(table)
@@ -366,7 +366,7 @@ def plugins():
     for col in ("plugin", "distribution", "version", "hooks", "status"):
         table.add_column(col)
     for info in plugin_infos(pm):
-        status = "[red]error: " + info.error + "[/]" if info.error else ("[yellow]blocked[/]" if info.blocked else "[green]ok[/]")
+        status = "[red]error: " + escape(info.error) + "[/]" if info.error else ("[yellow]blocked[/]" if info.blocked else "[green]ok[/]")
         table.add_row(info.name, info.dist, info.version, ", ".join(info.hooks), status)
     console.print(table)
 
@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         _add_plugin_commands()
         app(args=argv, standalone_mode=False)
     except EbmkitError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return _exit(exc.exit_code, argv)
     except KeyboardInterrupt:
         err_console.print("interrupted; checkpoints already written are intact")
