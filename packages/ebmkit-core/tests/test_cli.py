@@ -43,7 +43,7 @@ def test_list_and_describe(cli):
         (["run", "--config", "/nonexistent/[extra].toml"], "/nonexistent/[extra].toml"),
         (["run", "--set", "steps"], "expected SECTION.KEY=VALUE"),
         (["list", "widgets"], "unknown kind 'widgets'"),
-        (["run", "--energy", "convnet64", "--dry-run"], "expects images [C, 64, 64]"),
+        (["run", "--energy", "convnet64", "--set", "data.resolution=32", "--dry-run"], "expects images [C, 64, 64]"),
         (["sample", "/nonexistent/model.safetensors"], "checkpoint not found"),
     ],
 )
@@ -56,9 +56,13 @@ def test_user_errors_are_one_line(cli, args, expected):
     assert "Traceback" not in err + out
 
 
-def test_energy_resolution_mismatch_is_caught_at_dry_run(cli):
-    code, out, _ = cli("run", "--energy", "convnet64", "--set", "data.resolution=64", "--dry-run")
+def test_data_resolution_follows_the_energy_unless_set(cli):
+    code, out, _ = cli("run", "--energy", "convnet64", "--sampler", "langevin", "--init", "noise", "--dry-run")
     assert code == 0 and 'name = "convnet64"' in out and "resolution = 64" in out
+    code, out, _ = cli("run", "--energy", "convnet128", "--dry-run")
+    assert code == 0 and "resolution = 128" in out
+    code, out, _ = cli("run", "--energy", "nonlocal", "--set", "data.resolution=64", "--dry-run")
+    assert code == 0 and "resolution = 64" in out
 
 
 def test_run_writes_grid_and_checkpoint_then_sample(cli, tmp_path):

@@ -55,6 +55,9 @@ class Energy(nn.Module, Component):
     """
 
     kind = "energy"
+    #: The image side length the architecture is built for, if it has one (convnet64: 64). A run
+    #: whose document leaves ``data.resolution`` unset resizes the data to it.
+    resolution: ClassVar[int | None] = None
 
     def __init__(self, config: Any, shape: tuple[int, ...]):
         nn.Module.__init__(self)

@@ -164,6 +164,8 @@ def resolve(doc: Mapping[str, Mapping[str, Any]], registry) -> RunSpec:
             raise ConfigError(f"[{section}] needs a name")
         cls = registry.get(kind, str(name))
         classes[section] = cls
+        if section == "data":
+            table = _data_follows_energy(table, cls, classes["energy"])
         configs[section] = build(cls.Config, table, where=section)
     train = build(TrainConfig, doc.get("train", {}), where="train")
     if train.convergent:
@@ -171,6 +173,17 @@ def resolve(doc: Mapping[str, Mapping[str, Any]], registry) -> RunSpec:
         eps = configs["sampler"].step_size
         train = dataclasses.replace(train, lr=train.lr * eps * eps / 2, convergent=False)
     return RunSpec(classes, configs, train, registry)
+
+
+def _data_follows_energy(table: dict, data_cls: type, energy_cls: type) -> dict:
+    """An energy made for one image size (``convnet64`` -> 64 px) sets the data's resolution when
+    the document does not: ``ebmkit run --energy convnet64`` resizes the embedded digits to 64 px.
+    An explicit ``data.resolution`` always wins (and a mismatch is reported by the energy)."""
+    res = getattr(energy_cls, "resolution", None)
+    fields = {f.name for f in dataclasses.fields(data_cls.Config)}
+    if isinstance(res, int) and "resolution" in fields and "resolution" not in table:
+        return {**table, "resolution": res}
+    return table
 
 
 def _convergent(configs: dict, classes: dict, train: TrainConfig) -> dict:
