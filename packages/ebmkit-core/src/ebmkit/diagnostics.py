@@ -99,11 +99,9 @@ def pacf(x: np.ndarray, max_lag: int) -> np.ndarray:
 def plot_diagnostics(csv_path: Path, out_dir: Path, *, burn_in: float = 0.2) -> list[Path]:
     """Write ``diagnostics.png`` (d_t, r_t, energies over training) and ``oscillation.png``
     (cross-correlation of d_t and centred v_t, PACF of both, after ``burn_in`` of the run)."""
-    import matplotlib
+    from .plotting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     d = read_csv(csv_path)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -123,11 +121,7 @@ def plot_diagnostics(csv_path: Path, out_dir: Path, *, burn_in: float = 0.2) -> 
     axes[2].legend()
     axes[2].set_ylabel("energy")
     axes[2].set_xlabel("iteration")
-    fig.tight_layout()
-    p = out_dir / "diagnostics.png"
-    fig.savefig(p, dpi=100)
-    plt.close(fig)
-    paths.append(p)
+    paths.append(save_figure(fig, out_dir / "diagnostics.png"))
 
     start = int(len(it) * burn_in)
     dt, vt = d["d_t"][start:], d["v_t"][start:]
@@ -149,11 +143,7 @@ def plot_diagnostics(csv_path: Path, out_dir: Path, *, burn_in: float = 0.2) -> 
         axes[1].set_title("partial autocorrelation")
         axes[1].set_xlabel("lag")
         axes[1].legend()
-        fig.tight_layout()
-        p = out_dir / "oscillation.png"
-        fig.savefig(p, dpi=100)
-        plt.close(fig)
-        paths.append(p)
+        paths.append(save_figure(fig, out_dir / "oscillation.png"))
     return paths
 
 

@@ -272,11 +272,9 @@ def load_run_model(run_dir: Path, registry) -> tuple[EBM, DataSource]:
 
 def plot_panel(grid: Grid, logs: dict[str, Tensor], path: Path, *, title: str = "") -> Path:
     """The papers' panel: density (top) and log-density (bottom) of each field; 1-D as curves."""
-    import matplotlib
+    from ..plotting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     a = grid.axis.numpy()
     if grid.dim == 1:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -307,11 +305,7 @@ def plot_panel(grid: Grid, logs: dict[str, Tensor], path: Path, *, title: str = 
                 axes[r, j].set_yticks([])
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 @hookimpl

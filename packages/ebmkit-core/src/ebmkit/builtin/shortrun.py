@@ -289,12 +289,9 @@ class LongRun(Evaluator):
 
     @staticmethod
     def _plot(traj: Tensor, m: dict, path: Path) -> Path:
-        import matplotlib
+        from ..plotting import pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 3.5))
+        fig, ax = pyplot().subplots(figsize=(6, 3.5))
         ax.plot(range(1, len(traj) + 1), traj.numpy(), lw=1, label="mean U along the long run")
         ax.axhline(m["energy_short"], color="C1", ls="--", lw=1, label="short-run samples")
         if "energy_data" in m:
@@ -303,11 +300,7 @@ class LongRun(Evaluator):
         ax.set_xlabel("additional MCMC steps")
         ax.set_ylabel("energy U")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return path
+        return save_figure(fig, path)
 
 
 @hookimpl
