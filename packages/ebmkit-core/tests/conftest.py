@@ -13,6 +13,18 @@ def registry():
 
 
 @pytest.fixture
+def one_thread():
+    """One intra-op thread: tiny models gain nothing from more, and on a shared 2-core CPU the
+    extra threads' spin-waiting slows them down badly."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
 def cli(capsys):
     """Run the ebmkit CLI in-process: returns (exit_code, stdout, stderr)."""
     from ebmkit.cli.main import main

@@ -48,12 +48,7 @@ class TestConformance_hmc_jitter(SamplerConformance):  # noqa: N801 - matches th
     config = {"step_size": 0.5, "leapfrog_steps": 3, "step_jitter": 0.3}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(cls, **cfg):

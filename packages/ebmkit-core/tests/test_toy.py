@@ -21,14 +21,7 @@ from ebmkit.builtin.evaluators import (
 from ebmkit.builtin.toy import CLAIMS, GMM1D, GMM2D, TOY_SOURCES, Rings2D, check_claims, reproduce
 from ebmkit.config import build
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: intra-op threads only add spin-waiting (badly so on a shared CPU)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(cls, **kw):
