@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from ebmkit import DataSource, Energy, hookimpl, param
+from ebmkit import Energy, hookimpl, param
 from ebmkit.checkpoint import load_energy
 from ebmkit.diagnostics import read_csv
 from ebmkit.errors import DataError, DivergenceError, MissingDependencyError
@@ -15,10 +15,9 @@ from ebmkit.runconfig import build_document, resolve
 from ebmkit.train import data_noise_at, lr_at, train
 from safetensors.torch import load_file
 from torch import nn
-from torch.utils.data import TensorDataset
 
 
-# --- a test plugin: an energy that turns NaN on demand, and a 2-D mixture dataset ------------
+# --- a test plugin: an energy that turns NaN on demand ---------------------------------------
 @dataclass(frozen=True, kw_only=True)
 class NanCfg:
     after: int = param(3, "training forwards before the output turns NaN")
@@ -43,33 +42,10 @@ class NanAfter(Energy):
         return u
 
 
-@dataclass(frozen=True, kw_only=True)
-class RingCfg:
-    n: int = param(2000, "points")
-
-
-class EightGaussians(DataSource):
-    name = "test-8gauss"
-    summary = "8 Gaussians (sd 0.15) on the unit circle."
-    Config = RingCfg
-
-    @property
-    def shape(self):
-        return (2,)
-
-    def open(self, *, split="train"):
-        g = torch.Generator().manual_seed(0)
-        k = torch.randint(0, 8, (self.config.n,), generator=g)
-        ang = k * (2 * math.pi / 8)
-        mu = torch.stack([ang.cos(), ang.sin()], 1)
-        return TensorDataset(mu + 0.15 * torch.randn(self.config.n, 2, generator=g))
-
-
 class _Plugin:
     @hookimpl
     def ebmkit_register(self, register):
         register(NanAfter)
-        register(EightGaussians)
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +107,7 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(reg, tmp_path):
 
 def test_divergence_stops_with_message_and_keeps_checkpoint(reg, tmp_path):
     doc = build_document(overrides=[
-        "energy.name=test-nan-after", "energy.after=3", "data.name=test-8gauss", "sampler.steps=2",
+        "energy.name=test-nan-after", "energy.after=3", "data.name=gmm2d", "sampler.steps=2",
         "train.batch_size=16", "train.iterations=10", "train.checkpoint_every=2",
         "train.sample_every=0", "train.data_noise=0"])
     spec = resolve(doc, reg)
@@ -147,7 +123,7 @@ def test_divergence_stops_with_message_and_keeps_checkpoint(reg, tmp_path):
 def test_persistent_toy_run_oscillates_between_expansion_and_contraction(reg, tmp_path):
     """Anatomy §3: with persistent chains and noisy ULA, d_t takes both signs after burn-in."""
     doc = build_document(overrides=[
-        "energy.name=mlp", "energy.hidden=64", "data.name=test-8gauss", "init.name=persistent",
+        "energy.name=mlp", "energy.hidden=64", "data.name=gmm2d", "init.name=persistent",
         "init.buffer_size=500", "init.low=-2", "init.high=2", "sampler.step_size=0.05",
         "sampler.steps=10", "train.batch_size=64", "train.iterations=100", "train.lr=1e-3",
         "train.data_noise=0", "train.sample_every=0", "train.checkpoint_every=0", "train.plots=true",
