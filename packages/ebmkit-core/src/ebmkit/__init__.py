@@ -10,7 +10,18 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+local"
 
-from .components import (
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DivergenceError,
+    EbmkitError,
+    MissingDependencyError,
+    PluginError,
+    UnknownComponentError,
+)
+from .hookspecs import hookimpl
+from .interfaces import (
     EBM,
     ChainResult,
     ChainState,
@@ -26,18 +37,7 @@ from .components import (
     energy_and_grad,
     frozen,
 )
-from .config import param
-from .errors import (
-    CheckpointError,
-    ConfigError,
-    DataError,
-    DivergenceError,
-    EbmkitError,
-    MissingDependencyError,
-    PluginError,
-    UnknownComponentError,
-)
-from .hookspecs import hookimpl
+from .params import param
 from .plugins import Preset, Registry, build_registry, get_plugin_manager
 
 __all__ = [

@@ -96,7 +96,7 @@ def read_metadata(path: Path) -> dict[str, str]:
 def load_energy(path: Path, registry=None, *, device: str | torch.device = "cpu"):
     """Rebuild an energy from a checkpoint. Returns ``(energy, meta)`` where ``meta['config']``
     is the run document (a dict)."""
-    from .config import build
+    from .params import build
 
     path = Path(path)
     meta = read_metadata(path)

@@ -41,3 +41,14 @@ def ebmkit_cli(app: Any) -> None:
     ``app`` is the root :class:`typer.Typer`; add commands with ``@app.command()`` or groups with
     ``app.add_typer(...)``. Keep the hook cheap: import heavy modules inside the commands.
     """
+
+
+@hookspec
+def ebmkit_callbacks(config: Any, out_dir: Any) -> Any:
+    """Contribute training callbacks to every :func:`ebmkit.fit` (and ``ebmkit run``).
+
+    ``config`` is the run's :class:`ebmkit.RunConfig`; ``out_dir`` the run directory, or ``None``
+    for an in-memory fit. Return a :class:`ebmkit.Callback` or a list of them (or ``None`` to add
+    nothing for this run). They run after the built-in callbacks, in plugin registration order.
+    A plugin whose hook raises is reported and skipped; training goes on.
+    """

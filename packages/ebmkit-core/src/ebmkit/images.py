@@ -1,4 +1,5 @@
-"""Image grids as PNG (Pillow only; torchvision is optional)."""
+"""Image tensors: conversion to the model range ``[-1, 1]`` and grids as PNG (Pillow only;
+torchvision is optional)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+from .errors import DataError
 
 
 def make_grid(x: Tensor, *, nrow: int | None = None, pad: int = 2, lo: float = -1.0,
@@ -42,3 +46,49 @@ def save_grid(x: Tensor, path: str | Path, *, nrow: int | None = None, scale: in
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
     return path
+
+
+def to_model_range(images: Tensor, *, resolution: int, channels: int) -> Tensor:
+    """uint8 or [0,1] images ``[N, C, H, W]`` -> float ``[N, channels, res, res]`` in [-1, 1].
+
+    The one place where resolution, channel count and range are handled: non-square images are
+    centre-cropped to a square first (as the papers do for CelebA), then resized with
+    antialiasing; grey is replicated to RGB, RGB is turned to grey by luma.
+    """
+    x = images.float()
+    if images.dtype == torch.uint8:
+        x = x / 255.0
+    if x.shape[1] == 4:  # RGBA: drop alpha
+        x = x[:, :3]
+    if x.shape[1] != channels:
+        if x.shape[1] == 1:
+            x = x.expand(-1, channels, -1, -1)
+        elif channels == 1 and x.shape[1] == 3:
+            x = (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+        else:
+            raise DataError(f"cannot convert {x.shape[1]} channels to {channels}")
+    h, w = x.shape[-2:]
+    if h != w:
+        s = min(h, w)
+        top, left = (h - s) // 2, (w - s) // 2
+        x = x[..., top : top + s, left : left + s]
+    if x.shape[-2:] != (resolution, resolution):
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True,
+                          align_corners=False)
+    return (x * 2 - 1).clamp(-1, 1).contiguous()
+
+
+def to_model_range_chunked(images, *, resolution: int, channels: int, chunk: int = 4096) -> Tensor:
+    """:func:`to_model_range` over a large uint8 array ``[N, C, H, W]`` without a float copy of it."""
+    out = [to_model_range(torch.as_tensor(images[i : i + chunk]), resolution=resolution, channels=channels)
+           for i in range(0, len(images), chunk)]
+    return torch.cat(out)
+
+
+def pil_to_uint8(img) -> Tensor:
+    """A PIL image -> uint8 ``[C, H, W]`` (C = 1 or 3)."""
+    if img.mode not in ("L", "RGB"):
+        img = img.convert("RGB" if img.mode in ("RGBA", "P", "CMYK", "YCbCr", "LA") else "L")
+    arr = np.asarray(img)
+    t = torch.from_numpy(arr.copy())
+    return t[None] if t.dim() == 2 else t.permute(2, 0, 1)

@@ -26,8 +26,8 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .components import KINDS, Component
 from .errors import PluginError, UnknownComponentError
+from .interfaces import KINDS, Component
 
 GROUP = "ebmkit"
 
@@ -201,7 +201,7 @@ class Registry:
 
     def create(self, kind: str, name: str, config: Any = None, *args: Any) -> Any:
         """Instantiate ``name`` with a validated config (a dict or a config instance)."""
-        from .config import build
+        from .params import build
 
         cls = self.get(kind, name)
         if config is None or isinstance(config, dict):

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import build, param, parse_override, to_dict
 from .errors import ConfigError
+from .params import build, param, parse_override, to_dict
 
 SECTIONS = {"energy": "energy", "sampler": "sampler", "init": "initializer", "data": "dataset"}
 ALL_SECTIONS = (*SECTIONS, "train")

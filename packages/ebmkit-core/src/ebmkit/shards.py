@@ -297,7 +297,7 @@ class ShardDataset(IterableDataset):
         return self._examples(mine, quota, rng)
 
     def _examples(self, urls: list[str], quota: int, rng: random.Random) -> Iterator[tuple[Tensor, str]]:
-        from .builtin.datasets import to_model_range
+        from .images import to_model_range
 
         def convert(sample):
             x = decode_png(sample["png"])[None]

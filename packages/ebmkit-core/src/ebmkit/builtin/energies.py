@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..components import Energy
-from ..config import param
 from ..hookspecs import hookimpl
+from ..interfaces import Energy
+from ..params import param
 
 ACTIVATIONS = ("leaky_relu", "gelu", "silu", "relu", "softplus", "elu")
 

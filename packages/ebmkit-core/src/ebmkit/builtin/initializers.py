@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..components import Initializer
-from ..config import param
 from ..errors import ConfigError
 from ..hookspecs import hookimpl
+from ..interfaces import Initializer, Prior, PriorInitializer
+from ..params import param
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,6 +45,10 @@ class NoiseInit(Initializer):
     def sample(self, n, *, data=None, generator=None, device=None):
         return draw_noise(self.config, n, self.shape, generator=generator, device=device)
 
+    @property
+    def prior(self) -> Prior:
+        return Prior.of(self.config, self.shape)
+
 
 @dataclass(frozen=True, kw_only=True)
 class DataInitConfig:
@@ -55,6 +59,7 @@ class DataInit(Initializer):
     name = "data"
     summary = "Contrastive divergence: chains start at the current data batch (optionally noised)."
     Config = DataInitConfig
+    needs_data = True
 
     def sample(self, n, *, data=None, generator=None, device=None):
         if data is None:
@@ -130,6 +135,19 @@ class PersistentInit(Initializer):
 
     def state_dict(self):
         return {} if self.buffer is None else {"buffer": self.buffer}
+
+    @property
+    def prior(self) -> Prior:
+        return Prior.of(self.config, self.shape)
+
+    @property
+    def capacity(self) -> int | None:
+        return None if self.buffer is None else int(self.buffer.shape[0])
+
+    def standalone(self) -> Initializer:
+        """The saved chains when the buffer was restored (what the anatomy paper shows for
+        convergent ML); fresh draws from the noise prior otherwise (a model file alone)."""
+        return self if self.buffer is not None else PriorInitializer(self.prior)
 
     def load_state_dict(self, state):
         if "buffer" in state:

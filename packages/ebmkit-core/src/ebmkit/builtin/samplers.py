@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..components import (
+from ..hookspecs import hookimpl
+from ..interfaces import (
     MEMORY_FORMATS,
     ChainState,
     ChainStats,
@@ -34,8 +35,7 @@ from ..components import (
     rand_chains,
     randn_like_on,
 )
-from ..config import param
-from ..hookspecs import hookimpl
+from ..params import param
 
 _TEMPERATURE_HELP = "Temperature T: the chains sample p(x) ∝ exp(-U(x)/T)."
 _MEMORY_HELP = (
@@ -113,6 +113,11 @@ class Langevin(Sampler):
     def __init__(self, config: LangevinConfig):
         super().__init__(config)
         self.a, self.b = config.coefficients
+
+    @property
+    def grad_coef(self) -> float:
+        """``a`` in ``x ← x − a·∇U/T + b·z``."""
+        return self.a
 
     def _move(self, x: Tensor, g: Tensor, generator, noise: bool, inplace: bool) -> Tensor:
         cfg = self.config
@@ -230,7 +235,7 @@ class _Metropolis(Sampler):
     exact = True
 
     @property
-    def a(self) -> float:
+    def grad_coef(self) -> float:
         """Gradient coefficient ε²/2 of a proposal (of HMC's first leapfrog step), for ``r_t = a·v_t``."""
         return float(self.config.step_size) ** 2 / 2
 

@@ -98,7 +98,7 @@ def run(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")] = False,
 ):
     """Train an EBM (Algorithm 1): data -> MCMC negatives -> mean U(x+) - mean U(x-)."""
-    from ..config import dumps_toml
+    from ..params import dumps_toml
     from ..runconfig import build_document, load_toml, resolve
     from ..train import load_run, train
 
@@ -170,8 +170,8 @@ def sample(
     import torch
 
     from ..checkpoint import load_energy
-    from ..components import EBM
     from ..images import save_grid
+    from ..interfaces import EBM
     from ..runconfig import apply_overrides, merge, resolve
     from ..train import pick_device
 
@@ -220,8 +220,8 @@ def eval_(
 ):
     """Evaluate a checkpoint: numbers (printed, and JSON) and pictures (PNG)."""
     from ..checkpoint import load_energy
-    from ..components import EBM
-    from ..config import parse_override
+    from ..interfaces import EBM
+    from ..params import parse_override
     from ..runconfig import build_document, merge, resolve
     from ..train import pick_device
 
@@ -317,7 +317,7 @@ def describe(
     name: Annotated[str | None, typer.Argument(help="Registered name.")] = None,
 ):
     """Show a component's parameters (name, type, default, meaning) or a preset's TOML."""
-    from ..config import params
+    from ..params import params
     from ..plugins import normalize_kind
     from ..runconfig import TrainConfig
 

@@ -26,11 +26,11 @@ import torch
 from torch import Tensor
 
 from . import checkpoint as ckpt
-from .config import dumps_toml
 from .datastream import _draw, batch_stream
 from .diagnostics import CSVLog, plot_diagnostics
 from .errors import CheckpointError, ConfigError, DivergenceError
 from .images import save_grid
+from .params import dumps_toml
 from .runconfig import RunSpec, load_toml, resolve
 
 STATE_DIR = "train_state"

@@ -26,10 +26,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..components import EBM, DataSource, EvalResult, Evaluator
-from ..config import param
 from ..errors import ConfigError
 from ..hookspecs import hookimpl
+from ..interfaces import DataSource, EvalResult, Evaluator
+from ..model import EBM
+from ..params import param
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,9 +199,9 @@ class ToyDensity(Evaluator):
         log_model_s = smooth_log_density(log_model, grid, h)
 
         n = c.n_samples
-        buf = getattr(model.initializer, "buffer", None)
-        if buf is not None:
-            n = min(n, buf.shape[0])
+        cap = model.initializer.capacity
+        if cap is not None:
+            n = min(n, cap)
         g = torch.Generator(device=dev).manual_seed(c.seed)
         model.energy.eval()
         short = model.sample(n, steps=c.short_steps, generator=g, batch_size=n)
@@ -242,32 +243,6 @@ class ToyDensity(Evaluator):
                                                  **({"long-run KDE": kdes["long"]} if "long" in kdes else {})},
                                           out_dir / "toy_panel.png", title=title)
         return EvalResult(metrics=m, figures=figures)
-
-
-def load_run_model(run_dir: Path, registry) -> tuple[EBM, DataSource]:
-    """The trained model of an ``ebmkit run`` directory and its data source.
-
-    Short-run samples use the run's own initializer: noise as in training, or the persistent
-    chains saved in ``train_state/`` (what the anatomy code plots for convergent ML).
-    """
-    from .. import checkpoint as ckpt
-    from ..runconfig import resolve
-
-    run_dir = Path(run_dir)
-    energy, meta = ckpt.load_energy(run_dir / "model.safetensors", registry)
-    spec = resolve(meta["config"], registry)
-    shape = tuple(meta["shape"])
-    init = spec.initializer(shape)
-    state = run_dir / "train_state" / "rank0.safetensors"
-    if hasattr(init, "buffer") and state.is_file():
-        init.load_state_dict({k[5:]: v for k, v in ckpt.load_state(state).items() if k.startswith("init.")})
-    elif spec.classes["init"].name != "noise":
-        raise ConfigError(f"{run_dir}: initializer '{spec.classes['init'].name}' cannot start chains "
-                          "without its training state; evaluate a run that used 'noise' or 'persistent'")
-    sampler = spec.sampler()
-    k = spec.train.sample_steps if spec.train.sample_steps is not None else sampler.default_steps
-    model = EBM(energy=energy, sampler=sampler, initializer=init, steps=k, meta=meta)
-    return model, spec.data_source()
 
 
 def plot_panel(grid: Grid, logs: dict[str, Tensor], path: Path, *, title: str = "") -> Path:

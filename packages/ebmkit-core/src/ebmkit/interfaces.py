@@ -5,13 +5,17 @@ more probable; ``p(x) ∝ exp(-U(x) / T)``. Image data lives in ``[-1, 1]``.
 
 Every registrable class carries ``name`` (its registry key), ``summary`` (one line for
 ``ebmkit list``) and ``Config`` (a frozen keyword-only dataclass built with
-:func:`ebmkit.config.param`). The kind is read from the base class.
+:func:`ebmkit.param`). The kind is read from the base class.
+
+What the trainer, the CLI and the evaluators need from a component is part of its interface
+here (a property or method, checked by the conformance kit in ``ebmkit_testing``), never a test
+of its name or of private attributes.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -19,8 +23,30 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from .mcmc import (
+    MEMORY_FORMATS,
+    ChainResult,
+    ChainState,
+    ChainStats,
+    StepInfo,
+    chain_grad_norm,
+    chain_layout_for,
+    energy_and_grad,
+    frozen,
+    memory_format_of,
+    restore_layout,
+)
+
 if TYPE_CHECKING:  # pragma: no cover
     from torch.utils.data import Dataset
+
+    from .model import EBM
+
+__all__ = [
+    "MEMORY_FORMATS", "ChainResult", "ChainState", "ChainStats", "Component", "DataSource",
+    "Energy", "EvalResult", "Evaluator", "Initializer", "KINDS", "NoParams", "Prior",
+    "PriorInitializer", "Sampler", "StepInfo",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,7 +64,7 @@ class Component:
 
     @classmethod
     def default_config(cls) -> Any:
-        from .config import build
+        from .params import build
 
         return build(cls.Config, {}, where=cls.kind or "config")
 
@@ -74,130 +100,7 @@ class Energy(nn.Module, Component):
             )
 
 
-@contextlib.contextmanager
-def frozen(module: nn.Module) -> Iterator[None]:
-    """Temporarily stop ``module``'s parameters from requiring gradients (no weight-grad work,
-    nothing accumulated into ``.grad`` while sampling)."""
-    ps = [p for p in module.parameters() if p.requires_grad]
-    for p in ps:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in ps:
-            p.requires_grad_(True)
 
-
-def energy_and_grad(
-    energy: nn.Module, x: Tensor, *, temperature: float = 1.0, create_graph: bool = False
-) -> tuple[Tensor, Tensor]:
-    """``(U(x)/T, ∇ₓ U(x)/T)``: one forward and one input-gradient.
-
-    With ``create_graph=False`` both results are detached (the sampling hot path). With
-    ``create_graph=True`` both results stay differentiable (second-order autograd), for
-    reconstruction and flow densities; if ``x`` does not require grad, a new leaf is made from it
-    (``x`` itself is never modified).
-    """
-    with torch.enable_grad():
-        if create_graph:
-            xg = x if x.requires_grad else x.detach().requires_grad_(True)
-        else:
-            xg = x.detach().requires_grad_(True)
-        u = energy(xg)
-        if temperature != 1.0:
-            u = u / temperature
-        (g,) = torch.autograd.grad(u.sum(), xg, create_graph=create_graph)
-    if create_graph:
-        return u, g
-    return u.detach(), g
-
-
-def chain_grad_norm(g: Tensor) -> Tensor:
-    """Per-chain ‖g‖₂ over all non-batch dimensions: ``[B, ...] -> [B]``.
-
-    Reduces in place of flattening, so a channels-last gradient is not copied.
-    """
-    if g.ndim == 1:
-        return g.abs()
-    return torch.linalg.vector_norm(g, dim=tuple(range(1, g.ndim)))
-
-
-def chain_sum(t: Tensor) -> Tensor:
-    """Per-chain sum over all non-batch dimensions: ``[B, ...] -> [B]``."""
-    return t.sum(dim=tuple(range(1, t.ndim))) if t.ndim > 1 else t
-
-
-def randn_like_on(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    """``N(0, I)`` noise shaped and typed like ``x``, drawn from ``generator``.
-
-    The draw is made in the standard (contiguous) layout, so the same seed gives the same noise
-    whatever layout the chains run in. A generator on another device than ``x`` (a CPU
-    generator for CUDA chains) draws on its own device and the draw is moved.
-    """
-    dev = generator.device if generator is not None else x.device
-    z = torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype)
-    return z if z.device == x.device else z.to(x.device)
-
-
-def rand_chains(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    """One ``Uniform[0, 1)`` draw per chain (``[B]``), for Metropolis tests."""
-    dev = generator.device if generator is not None else x.device
-    r = torch.rand(x.shape[0], generator=generator, device=dev, dtype=x.dtype)
-    return r.to(x.device)
-
-
-def _memory_format_of(x: Tensor) -> torch.memory_format:
-    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-# --------------------------------------------------------------------------------------------
-# sampler
-# --------------------------------------------------------------------------------------------
-@dataclass
-class ChainState:
-    """What one step needs, cached so nothing is recomputed.
-
-    ``energy`` and ``grad`` are ``U(x)/T`` and its gradient at ``x`` (MALA and HMC reuse them for
-    the next proposal). ``extra`` holds sampler-specific tensors (momentum, adapted step size).
-    """
-
-    x: Tensor
-    energy: Tensor
-    grad: Tensor
-    extra: dict[str, Tensor] = field(default_factory=dict)
-
-
-@dataclass
-class StepInfo:
-    """Per-chain information about one step; producing it needs no host sync."""
-
-    grad_norm: Tensor  # [B] ‖∇U‖₂ at the start of the step (per chain) -> v_t
-    energy: Tensor  # [B] energy after the step
-    accepted: Tensor | None = None  # [B] bool, MH samplers only
-    accept_prob: Tensor | None = None  # [B] min(1, exp(log α)), MH samplers only
-    divergent: Tensor | None = None  # [B] bool: non-finite proposal/energy
-
-
-@dataclass
-class ChainResult:
-    """A whole chain's outcome: final states plus statistics aggregated over the steps."""
-
-    x: Tensor  # [B, ...] final states
-    energy: Tensor  # [B] U(x_K)/T
-    grad_norm: Tensor  # scalar: mean over steps and chains of ‖∇U‖₂ (this is v_t)
-    accept_rate: Tensor | None  # scalar, MH samplers only (post-warm-up steps when adapting)
-    steps: int
-    per_step_grad_norm: Tensor | None = None  # [K] when record=True
-    per_step_energy: Tensor | None = None  # [K] mean energy per step when record=True
-    divergent: Tensor | None = None  # [B] bool, any non-finite step
-    per_chain_grad_norm: Tensor | None = None  # [B] mean over steps of ‖∇U‖₂
-    per_chain_accept_rate: Tensor | None = None  # [B], MH samplers only
-    state: ChainState | None = None  # final state (continue with `step`; adapted step size)
-
-
-MEMORY_FORMATS = ("auto", "preserve", "channels_last")
 
 
 class Sampler(Component):
@@ -240,6 +143,14 @@ class Sampler(Component):
 
     # Shared -----------------------------------------------------------------------------------
     @property
+    def grad_coef(self) -> float | None:
+        """The gradient coefficient ``a`` of one step: the chain moves by ``-a·∇U/T`` plus noise
+        (Langevin: ``ε²/2`` or ``grad_coef``; MALA/HMC: the proposal's ``ε²/2``). The trainer
+        reports the anatomy paper's ``r_t = a·v_t`` with it; ``None`` when the sampler has no
+        such coefficient (``r_t`` is then left empty)."""
+        return None
+
+    @property
     def temperature(self) -> float:
         return float(getattr(self.config, "temperature", 1.0))
 
@@ -254,24 +165,18 @@ class Sampler(Component):
     def chain_layout(self, x0: Tensor) -> torch.memory_format:
         """The memory format chains run in (``config.memory_format``; ``auto`` = channels-last
         for 4-D states on the CPU, where oneDNN convolutions are faster in it)."""
-        mf = getattr(self.config, "memory_format", "preserve")
-        if x0.ndim != 4 or mf == "preserve":
-            return _memory_format_of(x0)
-        if mf == "channels_last" or (mf == "auto" and x0.device.type == "cpu"):
-            return torch.channels_last
-        return _memory_format_of(x0)
+        return chain_layout_for(x0, getattr(self.config, "memory_format", "preserve"))
 
     def prepare(self, x0: Tensor, *, differentiable: bool = False) -> Tensor:
         """The chains' own copy of ``x0`` in the run layout (``x0`` is never written to)."""
         fmt = self.chain_layout(x0)
         if differentiable:
-            return x0 if _memory_format_of(x0) == fmt else x0.contiguous(memory_format=fmt)
+            return x0 if memory_format_of(x0) == fmt else x0.contiguous(memory_format=fmt)
         return x0.detach().clone(memory_format=fmt)
 
     @staticmethod
     def restore_layout(x: Tensor, like: Tensor) -> Tensor:
-        fmt = _memory_format_of(like)
-        return x if _memory_format_of(x) == fmt else x.contiguous(memory_format=fmt)
+        return restore_layout(x, like)
 
     def run(
         self,
@@ -307,67 +212,89 @@ class Sampler(Component):
         return stats.result(x, state.energy, state=state)
 
 
-class ChainStats:
-    """Accumulates :class:`StepInfo` records on the device (no host sync) into a
-    :class:`ChainResult`. Samplers with their own fused loop use it too."""
-
-    def __init__(self, x0: Tensor, *, steps: int, warmup: int = 0, record: bool = False):
-        b, dev = x0.shape[0], x0.device
-        self.steps, self.record = steps, record
-        # acceptance counts after the warm-up (all steps when the warm-up covers the run)
-        self.accept_from = warmup if steps > warmup else 0
-        self.i = 0
-        self.gsum = torch.zeros(b, device=dev, dtype=torch.float32)
-        self.asum: Tensor | None = None
-        self.div = torch.zeros(b, device=dev, dtype=torch.bool)
-        self.rec_g: list[Tensor] = []
-        self.rec_u: list[Tensor] = []
-
-    def add(self, info: StepInfo, *, count: bool = True) -> None:
-        gn = info.grad_norm.detach().float()
-        self.gsum += gn
-        if info.accepted is not None and self.i >= self.accept_from:
-            a = info.accepted.detach().float()
-            self.asum = a if self.asum is None else self.asum + a
-        if info.divergent is not None:
-            self.div |= info.divergent
-        if self.record and count:
-            self.rec_g.append(gn.mean())
-            self.rec_u.append(info.energy.detach().float().mean())
-        self.i += 1
-
-    def result(self, x: Tensor, energy: Tensor, *, state: ChainState | None = None) -> ChainResult:
-        n = max(self.i, 1)
-        per_chain_g = self.gsum / n
-        n_acc = max(self.i - self.accept_from, 1)
-        per_chain_a = None if self.asum is None else self.asum / n_acc
-        return ChainResult(
-            x=x,
-            energy=energy,
-            grad_norm=per_chain_g.mean(),
-            accept_rate=None if per_chain_a is None else per_chain_a.mean(),
-            steps=self.steps,
-            per_step_grad_norm=torch.stack(self.rec_g) if self.rec_g else None,
-            per_step_energy=torch.stack(self.rec_u) if self.rec_u else None,
-            divergent=self.div,
-            per_chain_grad_norm=per_chain_g,
-            per_chain_accept_rate=per_chain_a,
-            state=state,
-        )
-
 
 # --------------------------------------------------------------------------------------------
 # initializer
 # --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Prior:
+    """The noise distribution ``p₀`` of the short-run generator view ``x = M_θ(z)``, ``z ~ p₀``.
+
+    ``uniform`` on ``[low, high]^D`` (the short-run paper's default, ``[-1, 1]``) or ``gaussian``
+    ``N(mean, std² I)``. Interpolation, reconstruction and flow densities use it; standalone chains
+    start from it when a run's initializer cannot start chains on its own.
+    """
+
+    shape: tuple[int, ...]
+    distribution: str = "uniform"
+    low: float = -1.0
+    high: float = 1.0
+    mean: float = 0.0
+    std: float = 1.0
+
+    def __post_init__(self):
+        if self.distribution not in ("uniform", "gaussian"):
+            raise ValueError(f"prior distribution must be uniform or gaussian, not {self.distribution!r}")
+
+    @classmethod
+    def of(cls, config: Any, shape: tuple[int, ...]) -> Prior:
+        """The prior described by a noise-style config (``distribution``, ``low``, ``high``,
+        ``mean``, ``std``; missing fields take the defaults)."""
+        keys = ("distribution", "low", "high", "mean", "std")
+        return cls(tuple(shape), **{k: getattr(config, k) for k in keys if hasattr(config, k)})
+
+    @property
+    def bounds(self) -> tuple[float, float] | None:
+        """The support ``(low, high)`` per coordinate, or ``None`` when unbounded."""
+        return (self.low, self.high) if self.distribution == "uniform" else None
+
+    def sample(self, n: int, *, generator: torch.Generator | None = None,
+               device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+        """``n`` draws ``[n, *shape]``. Drawn on the generator's device and moved to ``device``,
+        so a CPU generator gives the same starts on any device."""
+        gen_dev = generator.device if generator is not None else device
+        size = (n, *self.shape)
+        if self.distribution == "uniform":
+            x = torch.rand(size, generator=generator, device=gen_dev, dtype=dtype)
+            x = x * (self.high - self.low) + self.low
+        else:
+            x = torch.randn(size, generator=generator, device=gen_dev, dtype=dtype) * self.std + self.mean
+        return x if device is None else x.to(device)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """``log p₀(z)`` per example ``[B]`` (``-inf`` outside a uniform prior's support)."""
+        d = math.prod(self.shape)
+        flat = z.reshape(z.shape[0], -1).double()
+        if self.distribution == "uniform":
+            inside = ((flat >= self.low) & (flat <= self.high)).all(dim=1)
+            val = torch.full((z.shape[0],), -d * math.log(self.high - self.low), dtype=torch.float64,
+                             device=z.device)
+            return torch.where(inside, val, torch.full_like(val, -math.inf))
+        q = ((flat - self.mean) / self.std).pow(2).sum(dim=1)
+        return -0.5 * q - d * (math.log(self.std) + 0.5 * math.log(2 * math.pi))
+
+
 class Initializer(Component):
     """Where chains start. ``cls(config, shape)``; ``sample(n, data=, generator=, device=)``.
 
     ``data`` is the current positive batch (for CD / data-initialised buffers). ``update`` gets
     the chains' end states (persistent initialisers write them back). ``state_dict`` holds
     tensors only, so it can be stored with safetensors.
+
+    What the trainer, the loader and the evaluators ask of an initializer (checked by
+    ``ebmkit_testing.InitializerSuite``):
+
+    * :attr:`needs_data` — ``sample`` needs the data batch (contrastive divergence);
+    * :attr:`prior` — the noise distribution ``p₀`` it draws fresh chains from, if any;
+    * :attr:`capacity` — the most chains one ``sample`` call can return (``None``: unlimited);
+    * :meth:`standalone` — the one policy for chains of a *trained* model (``ebmkit sample``,
+      ``ebmkit eval``, ``ebmkit.load``, sample grids): chains start where this initializer starts
+      them when it can do so without data, and from its prior otherwise.
     """
 
     kind = "initializer"
+    #: Whether ``sample`` needs the current data batch (``data=``) to start chains.
+    needs_data: ClassVar[bool] = False
 
     def __init__(self, config: Any, shape: tuple[int, ...]):
         self.config = config
@@ -399,6 +326,44 @@ class Initializer(Component):
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         if state:
             raise ValueError(f"initializer '{self.name}' has no state to load")
+
+    @property
+    def prior(self) -> Prior | None:
+        """The noise distribution fresh chains are drawn from (``None`` if it draws none)."""
+        return None
+
+    @property
+    def capacity(self) -> int | None:
+        """The most chains one ``sample`` call can return (``None``: any number)."""
+        return None
+
+    def standalone(self) -> Initializer:
+        """Chain starts for sampling a trained model, with no data batch at hand.
+
+        The default: this initializer itself when it can start chains without data, otherwise
+        fresh draws from its :attr:`prior` (uniform on ``[-1, 1]`` when it has none).
+        """
+        if not self.needs_data:
+            return self
+        return PriorInitializer(self.prior or Prior(self.shape))
+
+
+class PriorInitializer(Initializer):
+    """Chains start from a :class:`Prior` (standalone sampling; not registered)."""
+
+    name = "prior"
+    summary = "Fresh chains from a prior p0."
+
+    def __init__(self, prior: Prior):
+        super().__init__(None, prior.shape)
+        self._prior = prior
+
+    @property
+    def prior(self) -> Prior:
+        return self._prior
+
+    def sample(self, n, *, data=None, generator=None, device=None):
+        return self._prior.sample(n, generator=generator, device=device)
 
 
 # --------------------------------------------------------------------------------------------
@@ -434,33 +399,10 @@ class DataSource(Component):
         return type(self).log_density is not DataSource.log_density
 
 
+
 # --------------------------------------------------------------------------------------------
 # evaluator
 # --------------------------------------------------------------------------------------------
-@dataclass
-class EBM:
-    """A trained model as evaluators see it: the energy plus how to sample from it."""
-
-    energy: Energy
-    sampler: Sampler
-    initializer: Initializer
-    steps: int  # K used for sampling
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @torch.no_grad()
-    def sample(self, n: int, *, steps: int | None = None, generator: torch.Generator | None = None,
-               noise: bool = True, batch_size: int = 256) -> Tensor:
-        device = next(self.energy.parameters()).device
-        outs = []
-        for start in range(0, n, batch_size):
-            m = min(batch_size, n - start)
-            x0 = self.initializer.sample(m, generator=generator, device=device)
-            res = self.sampler.run(self.energy, x0, self.steps if steps is None else steps,
-                                   generator=generator, noise=noise)
-            outs.append(res.x)
-        return torch.cat(outs)
-
-
 @dataclass
 class EvalResult:
     metrics: dict[str, float] = field(default_factory=dict)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
 
 data_app = typer.Typer(help="Datasets: write shards, verify them, download, preview.",
                        no_args_is_help=True)
@@ -20,8 +20,8 @@ SetOpt = Annotated[list[str] | None, typer.Option(
 
 def open_source(source: str, sets: list[str] | None, *, extra: dict | None = None):
     """A registered dataset by name, or an image directory (-> imagefolder), with its config."""
-    from .config import build
-    from .plugins import default_registry
+    from ..params import build
+    from ..plugins import default_registry
 
     values = dict(extra or {})
     for text in sets or []:
@@ -54,8 +54,8 @@ def shard(
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .datastream import _tensor_of
-    from .shards import write_shards
+    from ..datastream import _tensor_of
+    from ..shards import write_shards
 
     src, desc = open_source(source, set_)
     ds = src.open(split=split)
@@ -90,8 +90,8 @@ def shard(
 @data_app.command()
 def verify(directory: Annotated[Path, typer.Argument(help="A directory written by `ebmkit data shard`.")]):
     """Check every shard's SHA-256 against manifest.json."""
-    from .shards import read_manifest
-    from .shards import verify as check
+    from ..shards import read_manifest
+    from ..shards import verify as check
 
     manifest = read_manifest(directory)
     missing = [s["name"] for s in manifest["shards"] if not (directory / s["name"]).is_file()]
@@ -126,8 +126,8 @@ def preview(
     """Write a grid of the first N examples as seen by the model (after crop/resize/range)."""
     import torch
 
-    from .datastream import _draw
-    from .images import save_grid
+    from ..datastream import _draw
+    from ..images import save_grid
 
     src, _ = open_source(source, set_)
     ds = src.open(split="train")

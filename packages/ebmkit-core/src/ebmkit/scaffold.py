@@ -8,17 +8,13 @@ Templates live in ``ebmkit/scaffold_templates/<kind>/`` (``string.Template`` syn
 suffix; ``__module__`` in a path is replaced by the import name).
 """
 
-# No `from __future__ import annotations`: typer reads the command's annotations at runtime, and
-# typer is imported inside the hook (the entry module stays cheap).
 import re
 from pathlib import Path
 from string import Template
-from typing import Annotated, Any
 
-from ..errors import ConfigError
-from ..hookspecs import hookimpl
+from .errors import ConfigError
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "scaffold_templates"
+TEMPLATES = Path(__file__).resolve().parent / "scaffold_templates"
 NAME_RE = re.compile(r"^[a-z][a-z0-9]*([_-][a-z0-9]+)*$")
 
 
@@ -62,26 +58,3 @@ def render(name: str, kind: str, dest: Path, *, force: bool = False) -> list[Pat
         out.write_text(Template(src.read_text()).substitute(subs))
         written.append(out)
     return written
-
-
-@hookimpl
-def ebmkit_cli(app: Any) -> None:
-    import typer
-
-    plugin_app = typer.Typer(help="Plugin authoring: generate a plugin package.", no_args_is_help=True)
-
-    @plugin_app.command("new")
-    def new(
-        name: Annotated[str, typer.Argument(help="Component name, e.g. my-sampler (also names the package).")],
-        kind: Annotated[str, typer.Option("--kind", "-k", help=f"Component kind: {', '.join(kinds())}.")] = "sampler",
-        directory: Annotated[Path | None, typer.Option("--dir", help="Target directory (default ./ebmkit-NAME).")] = None,
-        force: Annotated[bool, typer.Option(help="Write into a non-empty directory.")] = False,
-    ) -> None:
-        """Write a plugin package: pyproject with entry point, skeleton class, conformance test, README."""
-        subs = names_for(name)
-        dest = directory if directory is not None else Path(subs["dist"])
-        files = render(name, kind, dest, force=force)
-        typer.echo(f"wrote {len(files)} files to {dest}/ ({kind} '{name}', import {subs['module']})")
-        typer.echo(f"next:  cd {dest} && pip install -e . && pytest && ebmkit list {kind}s")
-
-    app.add_typer(plugin_app, name="plugin")

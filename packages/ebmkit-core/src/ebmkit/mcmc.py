@@ -1,0 +1,216 @@
+"""MCMC building blocks for samplers: chain state and statistics types, the energy-and-gradient
+evaluation, per-chain reductions, RNG draws and memory-layout helpers.
+
+Everything here is public API for plugin authors writing a sampler with its own fused loop:
+
+* :func:`energy_and_grad` — ``(U(x)/T, ∇ₓU(x)/T)`` in one forward and one input-gradient;
+* :func:`frozen` — sample without accumulating weight gradients;
+* :func:`randn_like_on` / :func:`rand_chains` — noise drawn from a generator on *its own* device
+  (a CPU generator may drive CUDA chains) in the standard layout (the same seed gives the same
+  chain whatever layout the chains run in);
+* :func:`memory_format_of` / :func:`chain_layout_for` — the layout chains run in;
+* :func:`chain_grad_norm` / :func:`chain_sum` — per-chain reductions without copies;
+* :class:`ChainStats` — accumulate :class:`StepInfo` into a :class:`ChainResult` with no host sync.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """Temporarily stop ``module``'s parameters from requiring gradients (no weight-grad work,
+    nothing accumulated into ``.grad`` while sampling)."""
+    ps = [p for p in module.parameters() if p.requires_grad]
+    for p in ps:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in ps:
+            p.requires_grad_(True)
+
+
+def energy_and_grad(
+    energy: nn.Module, x: Tensor, *, temperature: float = 1.0, create_graph: bool = False
+) -> tuple[Tensor, Tensor]:
+    """``(U(x)/T, ∇ₓ U(x)/T)``: one forward and one input-gradient.
+
+    With ``create_graph=False`` both results are detached (the sampling hot path). With
+    ``create_graph=True`` both results stay differentiable (second-order autograd), for
+    reconstruction and flow densities; if ``x`` does not require grad, a new leaf is made from it
+    (``x`` itself is never modified).
+    """
+    with torch.enable_grad():
+        if create_graph:
+            xg = x if x.requires_grad else x.detach().requires_grad_(True)
+        else:
+            xg = x.detach().requires_grad_(True)
+        u = energy(xg)
+        if temperature != 1.0:
+            u = u / temperature
+        (g,) = torch.autograd.grad(u.sum(), xg, create_graph=create_graph)
+    if create_graph:
+        return u, g
+    return u.detach(), g
+
+
+def chain_grad_norm(g: Tensor) -> Tensor:
+    """Per-chain ‖g‖₂ over all non-batch dimensions: ``[B, ...] -> [B]``.
+
+    Reduces in place of flattening, so a channels-last gradient is not copied.
+    """
+    if g.ndim == 1:
+        return g.abs()
+    return torch.linalg.vector_norm(g, dim=tuple(range(1, g.ndim)))
+
+
+def chain_sum(t: Tensor) -> Tensor:
+    """Per-chain sum over all non-batch dimensions: ``[B, ...] -> [B]``."""
+    return t.sum(dim=tuple(range(1, t.ndim))) if t.ndim > 1 else t
+
+
+def randn_like_on(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """``N(0, I)`` noise shaped and typed like ``x``, drawn from ``generator``.
+
+    The draw is made in the standard (contiguous) layout, so the same seed gives the same noise
+    whatever layout the chains run in. A generator on another device than ``x`` (a CPU
+    generator for CUDA chains) draws on its own device and the draw is moved.
+    """
+    dev = generator.device if generator is not None else x.device
+    z = torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype)
+    return z if z.device == x.device else z.to(x.device)
+
+
+def rand_chains(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """One ``Uniform[0, 1)`` draw per chain (``[B]``), for Metropolis tests."""
+    dev = generator.device if generator is not None else x.device
+    r = torch.rand(x.shape[0], generator=generator, device=dev, dtype=x.dtype)
+    return r.to(x.device)
+
+
+def memory_format_of(x: Tensor) -> torch.memory_format:
+    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+# --------------------------------------------------------------------------------------------
+# sampler
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ChainState:
+    """What one step needs, cached so nothing is recomputed.
+
+    ``energy`` and ``grad`` are ``U(x)/T`` and its gradient at ``x`` (MALA and HMC reuse them for
+    the next proposal). ``extra`` holds sampler-specific tensors (momentum, adapted step size).
+    """
+
+    x: Tensor
+    energy: Tensor
+    grad: Tensor
+    extra: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class StepInfo:
+    """Per-chain information about one step; producing it needs no host sync."""
+
+    grad_norm: Tensor  # [B] ‖∇U‖₂ at the start of the step (per chain) -> v_t
+    energy: Tensor  # [B] energy after the step
+    accepted: Tensor | None = None  # [B] bool, MH samplers only
+    accept_prob: Tensor | None = None  # [B] min(1, exp(log α)), MH samplers only
+    divergent: Tensor | None = None  # [B] bool: non-finite proposal/energy
+
+
+@dataclass
+class ChainResult:
+    """A whole chain's outcome: final states plus statistics aggregated over the steps."""
+
+    x: Tensor  # [B, ...] final states
+    energy: Tensor  # [B] U(x_K)/T
+    grad_norm: Tensor  # scalar: mean over steps and chains of ‖∇U‖₂ (this is v_t)
+    accept_rate: Tensor | None  # scalar, MH samplers only (post-warm-up steps when adapting)
+    steps: int
+    per_step_grad_norm: Tensor | None = None  # [K] when record=True
+    per_step_energy: Tensor | None = None  # [K] mean energy per step when record=True
+    divergent: Tensor | None = None  # [B] bool, any non-finite step
+    per_chain_grad_norm: Tensor | None = None  # [B] mean over steps of ‖∇U‖₂
+    per_chain_accept_rate: Tensor | None = None  # [B], MH samplers only
+    state: ChainState | None = None  # final state (continue with `step`; adapted step size)
+
+
+MEMORY_FORMATS = ("auto", "preserve", "channels_last")
+
+
+class ChainStats:
+    """Accumulates :class:`StepInfo` records on the device (no host sync) into a
+    :class:`ChainResult`. Samplers with their own fused loop use it too."""
+
+    def __init__(self, x0: Tensor, *, steps: int, warmup: int = 0, record: bool = False):
+        b, dev = x0.shape[0], x0.device
+        self.steps, self.record = steps, record
+        # acceptance counts after the warm-up (all steps when the warm-up covers the run)
+        self.accept_from = warmup if steps > warmup else 0
+        self.i = 0
+        self.gsum = torch.zeros(b, device=dev, dtype=torch.float32)
+        self.asum: Tensor | None = None
+        self.div = torch.zeros(b, device=dev, dtype=torch.bool)
+        self.rec_g: list[Tensor] = []
+        self.rec_u: list[Tensor] = []
+
+    def add(self, info: StepInfo, *, count: bool = True) -> None:
+        gn = info.grad_norm.detach().float()
+        self.gsum += gn
+        if info.accepted is not None and self.i >= self.accept_from:
+            a = info.accepted.detach().float()
+            self.asum = a if self.asum is None else self.asum + a
+        if info.divergent is not None:
+            self.div |= info.divergent
+        if self.record and count:
+            self.rec_g.append(gn.mean())
+            self.rec_u.append(info.energy.detach().float().mean())
+        self.i += 1
+
+    def result(self, x: Tensor, energy: Tensor, *, state: ChainState | None = None) -> ChainResult:
+        n = max(self.i, 1)
+        per_chain_g = self.gsum / n
+        n_acc = max(self.i - self.accept_from, 1)
+        per_chain_a = None if self.asum is None else self.asum / n_acc
+        return ChainResult(
+            x=x,
+            energy=energy,
+            grad_norm=per_chain_g.mean(),
+            accept_rate=None if per_chain_a is None else per_chain_a.mean(),
+            steps=self.steps,
+            per_step_grad_norm=torch.stack(self.rec_g) if self.rec_g else None,
+            per_step_energy=torch.stack(self.rec_u) if self.rec_u else None,
+            divergent=self.div,
+            per_chain_grad_norm=per_chain_g,
+            per_chain_accept_rate=per_chain_a,
+            state=state,
+        )
+
+
+
+def chain_layout_for(x0: Tensor, memory_format: str = "preserve") -> torch.memory_format:
+    """The memory format chains run in: ``memory_format`` is ``auto`` (channels-last for 4-D
+    states on the CPU, where oneDNN convolutions are faster in it), ``preserve`` (``x0``'s own
+    layout) or ``channels_last`` (always, for 4-D states)."""
+    if x0.ndim != 4 or memory_format == "preserve":
+        return memory_format_of(x0)
+    if memory_format == "channels_last" or (memory_format == "auto" and x0.device.type == "cpu"):
+        return torch.channels_last
+    return memory_format_of(x0)
+
+
+def restore_layout(x: Tensor, like: Tensor) -> Tensor:
+    """``x`` in ``like``'s memory layout (no copy when it already is)."""
+    fmt = memory_format_of(like)
+    return x if memory_format_of(x) == fmt else x.contiguous(memory_format=fmt)
