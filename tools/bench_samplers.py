@@ -29,8 +29,8 @@ import time
 
 import torch
 from ebmkit.builtin.samplers import HMC, MALA, Langevin
-from ebmkit.config import build
-from ebmkit.plugins import default_registry
+from ebmkit.params import build
+from ebmkit.plugins import build_registry
 
 
 def baseline(f, x0, k):
@@ -54,7 +54,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
 
-    cls = default_registry().get("energy", "convnet32")
+    cls = build_registry().get("energy", "convnet32")
     torch.manual_seed(0)
     f = cls(build(cls.Config, {"nf": args.nf}), (3, 32, 32)).to(dev).eval()
     x0 = torch.rand(args.batch, 3, 32, 32, device=dev) * 2 - 1

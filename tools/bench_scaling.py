@@ -33,9 +33,9 @@ def worker(args) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from ebmkit.plugins import default_registry
+    from ebmkit import LambdaCallback, fit
+    from ebmkit.plugins import build_registry
     from ebmkit.runconfig import build_document, resolve
-    from ebmkit.train import train
 
     doc = build_document(
         names={"energy": "convnet32", "sampler": "langevin", "init": "noise", "data": "shards"},
@@ -43,7 +43,7 @@ def worker(args) -> None:
                    f"train.batch_size={args.batch}", f"train.iterations={args.warmup + args.iters}",
                    f"train.device={args.device}", "train.sample_every=0", "train.checkpoint_every=0",
                    "train.plots=false", f"train.mixed_precision={args.precision}"])
-    spec = resolve(doc, default_registry())
+    spec = resolve(doc, build_registry())
     stamps: list[float] = []
 
     def tick(it, row):
@@ -51,7 +51,8 @@ def worker(args) -> None:
             torch.cuda.synchronize()
         stamps.append(time.perf_counter())
 
-    train(spec, Path(args.out) / "run", progress=False, on_iteration=tick)
+    fit(config=spec, out_dir=Path(args.out) / "run", force=True, registry=spec.registry,
+        callbacks=[LambdaCallback(on_step_end=lambda run, out: tick(run.step, run.row))])
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
     if rank == 0:
@@ -68,7 +69,7 @@ def free_port() -> int:
 
 def make_shards(root: Path, n: int, shard_size: int) -> str:
     from ebmkit.builtin.datasets import MNIST5k
-    from ebmkit.config import build
+    from ebmkit.params import build
     from ebmkit.shards import write_shards
 
     ds = MNIST5k(build(MNIST5k.Config, {"limit": n})).open()

@@ -3,7 +3,7 @@
 The baseline is the paper's appendix code (7.3) written out in plain PyTorch: K steps of
 ``autograd.grad(f(x).sum(), x, retain_graph=True)`` with ``x.data += f' + 0.01 z``, then
 ``L = f(x+).mean() - f(x-).mean()``, Adam. ebmkit runs the same iteration through
-``ebmkit.train.train`` (the real trainer, with diagnostics, CSV logging and the persistent-free
+``ebmkit.fit`` (the real trainer, with diagnostics, CSV logging and the persistent-free
 noise initializer), so the ratio includes every overhead a user pays. Both run in the same
 process, interleaved, on the same data, and the script prints medians and the ratio.
 
@@ -63,18 +63,19 @@ def paper_iterations(data: torch.Tensor, *, nf: int, k: int, m: int, iters: int,
 
 def ebmkit_iterations(*, nf: int, k: int, m: int, iters: int, limit: int,
                       device: str = "cpu") -> list[float]:
-    from ebmkit.plugins import default_registry
+    from ebmkit import LambdaCallback, fit
+    from ebmkit.plugins import build_registry
     from ebmkit.runconfig import build_document, resolve
-    from ebmkit.train import train
 
     times: list[float] = []
-    doc = build_document(preset_doc=default_registry().get("preset", "quick").read(), overrides=[
+    doc = build_document(preset_doc=build_registry().get("preset", "quick").read(), overrides=[
         f"energy.nf={nf}", f"sampler.steps={k}", f"train.batch_size={m}", f"train.iterations={iters}",
         f"data.limit={limit}", "train.sample_every=0", "train.checkpoint_every=0", "train.plots=false",
         "train.tensorboard=off", f"train.device={device}"])
-    spec = resolve(doc, default_registry())
+    spec = resolve(doc, build_registry())
     with tempfile.TemporaryDirectory() as tmp:
-        train(spec, tmp, progress=False, on_iteration=lambda it, row: times.append(row["sec"]))
+        fit(config=spec, out_dir=tmp, force=True, registry=spec.registry,
+            callbacks=[LambdaCallback(on_step_end=lambda run, out: times.append(run.row["sec"]))])
     return times
 
 

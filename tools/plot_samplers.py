@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from ebmkit.builtin.samplers import HMC, MALA, Langevin  # noqa: E402
-from ebmkit.config import build  # noqa: E402
-from ebmkit_testing.samplers import DiagonalGaussianEnergy  # noqa: E402
+import torch
+from ebmkit.builtin.samplers import HMC, MALA, Langevin
+from ebmkit.params import build
+from ebmkit.plotting import new_figure, save_figure
+from ebmkit_testing.samplers import DiagonalGaussianEnergy
 
 
 def make(cls, **cfg):
@@ -29,7 +25,8 @@ def main() -> None:
     ap.add_argument("--out", default="docs/figures/samplers.png")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = new_figure(figsize=(11, 4))
+    ax1, ax2 = fig.subplots(1, 2)
 
     # (a) N(0, 1), eps = 1: ULA's stationary law is N(0, 4/3); MALA and HMC are exact.
     e = DiagonalGaussianEnergy([1.0])
@@ -72,11 +69,7 @@ def main() -> None:
     ax2.set_ylabel("acceptance rate")
     ax2.set_title("50-D Gaussian, σ² from 0.01 to 4")
     ax2.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    print(out)
+    print(save_figure(fig, args.out, dpi=110))
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ def digest(params) -> str:
 
 def main(pattern: str, out_dir: str, dump_dir: str, iterations: int) -> None:
     torch.set_num_threads(1)
-    from ebmkit import train as train_mod
-    from ebmkit.plugins import default_registry
+    from ebmkit import api as train_mod
+    from ebmkit.plugins import build_registry
     from ebmkit.runconfig import build_document, resolve
     from ebmkit.shards import ShardDataset
 
@@ -57,7 +57,7 @@ def main(pattern: str, out_dir: str, dump_dir: str, iterations: int) -> None:
                                     "train.batch_size=16", f"train.iterations={iterations}",
                                     "train.device=cpu", "train.sample_every=0", "train.checkpoint_every=0",
                                     "train.plots=false", "train.lr=1e-3"])
-    spec = resolve(doc, default_registry())
+    spec = resolve(doc, build_registry())
     captured: list[torch.nn.Parameter] = []
     real_make = train_mod.make_optimizer
 
@@ -67,7 +67,7 @@ def main(pattern: str, out_dir: str, dump_dir: str, iterations: int) -> None:
         return real_make(cfg, captured)
 
     train_mod.make_optimizer = capture
-    result = train_mod.train(spec, Path(out_dir), progress=False)
+    result = train_mod.fit(config=spec, out_dir=Path(out_dir), registry=spec.registry)
     rank = world_seen["rank"]
     dump = {"rank": rank, "world": world_seen["world"], "step": result.step,
             "seen": {str(e): k for e, k in seen.items()}, "params": digest(captured),

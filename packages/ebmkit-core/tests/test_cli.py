@@ -133,4 +133,4 @@ def test_sampling_a_persistent_run_starts_from_its_noise(cli, tmp_path):
                        "-o", tmp_path / "g.png")
     assert code == 0, err
     code, _, err = cli("sample", out_dir / "model.safetensors", "--init", "data", "-o", tmp_path / "h.png")
-    assert code == 2 and "--init data cannot start chains without data" in err
+    assert code == 2 and "init 'data' cannot start chains without data" in err

@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 
 import pytest
-from ebmkit.config import build, dumps_toml, param, params, parse_override, to_dict
+from ebmkit.params import build, dumps_toml, param, params, parse_override, to_dict
 from ebmkit.errors import ConfigError
 from ebmkit.runconfig import TrainConfig, build_document, resolve
 

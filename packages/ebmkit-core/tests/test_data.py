@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 from ebmkit.builtin import datasets as D
-from ebmkit.config import build
-from ebmkit.datastream import _draw, batch_stream
+from ebmkit.params import build
+from ebmkit.datastream import draw, batch_stream
 from ebmkit.errors import DataError, MissingDependencyError
 from ebmkit.shards import ShardDataset, epoch_plan, read_manifest, verify, write_shards
 from PIL import Image
@@ -279,7 +279,7 @@ def test_batch_stream_over_shards_resumes_where_it_stopped(shard_dir):
 
 
 def test_draw_from_shards(shard_dir):
-    x = _draw(ShardDataset(pattern(shard_dir)), 150, torch.Generator())
+    x = draw(ShardDataset(pattern(shard_dir)), 150, torch.Generator())
     assert x.shape == (150, 1, 16, 16)
 
 

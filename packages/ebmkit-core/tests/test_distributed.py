@@ -31,7 +31,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     from ebmkit.builtin.datasets import MNIST5k
-    from ebmkit.config import build
+    from ebmkit.params import build
 
     root = tmp_path_factory.mktemp("ddp")
     ds = MNIST5k(build(MNIST5k.Config, {"limit": N})).open()

@@ -1,5 +1,5 @@
-"""Registry and plugin behaviour: duplicate names, unknown names, broken plugins, blocking,
-tracing, and the hooks reference (every hookspec documented with its exact signature and
+"""Registry and plugin behaviour: duplicate names, unknown names, broken plugins (isolated and
+reported by name), blocking, tracing, and the hooks reference (every hookspec documented with its exact signature and
 tested here as ``test_hook_<name>``)."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import inspect
 import re
 import sys
 import textwrap
+import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -16,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 from ebmkit import ConfigError, PluginError, Sampler, UnknownComponentError, hookimpl, hookspecs
 from ebmkit import plugins as P
-from ebmkit.builtin import samplers, scaffold
+from ebmkit.builtin import samplers
 
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "plugins" / "hooks.md"
 
@@ -60,14 +61,22 @@ class FakeEntryPoint:
         return importlib.import_module(self.value)
 
 
+@dataclass
+class ExitingEntryPoint(FakeEntryPoint):
+    """An entry point whose module calls ``sys.exit`` when imported."""
+
+    def load(self):
+        sys.exit("plugin gave up at import")
+
+
 @pytest.fixture
 def fake_plugins(tmp_path, monkeypatch):
     """Installs modules in ``tmp_path`` and advertises them as ``ebmkit`` entry points next to the
     real ones: ``fake_plugins({"name": "module source"})``."""
     real = list(metadata.entry_points(group=P.GROUP))
 
-    def install(sources: dict[str, str], dist: str = "ebmkit-fake"):
-        eps = []
+    def install(sources: dict[str, str], dist: str = "ebmkit-fake", extra: tuple = ()):
+        eps = [*extra]
         for name, src in sources.items():
             mod = f"_ebmkit_fake_{name}"
             (tmp_path / f"{mod}.py").write_text(textwrap.dedent(src))
@@ -84,6 +93,36 @@ def fake_plugins(tmp_path, monkeypatch):
 BROKEN = """
 import ebmkit
 raise RuntimeError("boom: this plugin is broken")
+"""
+
+EXITING = """
+import sys
+sys.exit(3)
+"""
+
+RAISES_ON_REGISTER = """
+from ebmkit import hookimpl
+from ebmkit.builtin.samplers import Langevin
+
+class Half(Langevin):
+    name = "half"
+
+@hookimpl
+def ebmkit_register(register):
+    register(Half)  # discarded: the hook fails below
+    raise RuntimeError("register exploded")
+"""
+
+MISSPELT = """
+from ebmkit import hookimpl
+from ebmkit.builtin.samplers import Langevin
+
+class Typo(Langevin):
+    name = "typo"
+
+@hookimpl
+def ebmkit_regster(register):
+    register(Typo)
 """
 
 THIRD_PARTY = """
@@ -136,25 +175,79 @@ def test_unknown_sampler_on_the_command_line_is_one_line(ebmkit_cli):
     assert len(lines) == 1 and "Did you mean 'langevin'?" in lines[0], res.stderr
 
 
-def test_registering_a_non_component_names_the_plugin():
+def test_registering_a_non_component_is_reported_under_the_plugin_name():
     class Bad:
         @hookimpl
         def ebmkit_register(self, register):
+            register(make_sampler("bad-half"))  # discarded with the rest of this plugin
             register(object)
 
-    pm = P.get_plugin_manager(entry_points=False, plugins=[Bad()])
-    with pytest.raises(PluginError, match="expected a subclass of Energy, Sampler"):
-        P.build_registry(pm)
+    bad = Bad()
+    pm = P.get_plugin_manager(entry_points=False, plugins=[samplers, bad])
+    reg = P.build_registry(pm)
+    name = pm.get_name(bad)
+    assert "PluginError" in reg.load_errors[name]
+    assert "expected a subclass of Energy, Sampler" in reg.load_errors[name]
+    assert "test_plugins.py:" in reg.load_errors[name]  # the line in the plugin that failed
+    assert "bad-half" not in reg.names("sampler") and "langevin" in reg.names("sampler")
 
 
-def test_misspelt_hook_fails_loudly():
+def test_misspelt_hook_is_reported_and_the_plugin_left_out():
     class Typo:
         @hookimpl
-        def ebmkit_registr(self, register):
+        def ebmkit_regster(self, register):
+            register(make_sampler("typo"))
+
+        @hookimpl
+        def ebmkit_cli(self, app):  # a valid hook of the same plugin: left out as well
             pass
 
-    with pytest.raises(Exception, match="ebmkit_registr"):
-        P.get_plugin_manager(entry_points=False, plugins=[Typo()])
+    typo = Typo()
+    pm = P.get_plugin_manager(entry_points=False, plugins=[samplers, typo])
+    info = {i.name: i for i in P.plugin_infos(pm)}[pm.get_canonical_name(typo)]
+    assert info.error == "unknown hook 'ebmkit_regster' (did you mean 'ebmkit_register'?)"
+    assert info.hooks == () and not pm.is_registered(typo)
+    assert pm.hook.ebmkit_cli.get_hookimpls() == []
+    reg = P.build_registry(pm)
+    assert "typo" not in reg.names("sampler") and "langevin" in reg.names("sampler")
+    assert reg.load_errors == {info.name: info.error}
+
+
+def test_unknown_hook_without_a_close_match_lists_the_known_ones():
+    class Odd:
+        @hookimpl
+        def on_train_start(self):
+            pass
+
+    pm = P.get_plugin_manager(entry_points=False, plugins=[Odd()])
+    (info,) = P.plugin_infos(pm)
+    assert info.error == ("unknown hook 'on_train_start' (known hooks: "
+                          + ", ".join(hookspec_names()) + ")")
+
+
+def test_optional_unknown_hook_is_accepted():
+    class Optional:
+        @hookimpl(optionalhook=True)
+        def ebmkit_future_hook(self):
+            pass
+
+    pm = P.get_plugin_manager(entry_points=False, plugins=[Optional()])
+    (info,) = P.plugin_infos(pm)
+    assert info.error is None and info.hooks == ("ebmkit_future_hook",)
+
+
+def test_hook_with_arguments_not_in_the_spec_is_reported():
+    class WrongArgs:
+        @hookimpl
+        def ebmkit_register(self, register, registry):
+            pass
+
+    obj = WrongArgs()
+    pm = P.get_plugin_manager(entry_points=False, plugins=[samplers, obj])
+    (info,) = [i for i in P.plugin_infos(pm) if i.error]
+    assert "PluginValidationError" in info.error and "registry" in info.error
+    assert not pm.is_registered(obj)
+    assert "langevin" in P.build_registry(pm).names("sampler")
 
 
 # --- broken plugins ---------------------------------------------------------------------------
@@ -168,6 +261,91 @@ def test_plugin_raising_on_import_is_recorded_not_raised(fake_plugins):
     info = {i.name: i for i in P.plugin_infos(pm)}
     assert info["broken"].dist == "ebmkit-fake" and info["broken"].version == "9.9"
     assert info["mine"].hooks == ("ebmkit_register",) and info["mine"].error is None
+
+
+def test_register_hook_raising_is_isolated(fake_plugins):
+    fake_plugins({"halfway": RAISES_ON_REGISTER, "mine": THIRD_PARTY})
+    pm = P.get_plugin_manager(block=())
+    reg = P.build_registry(pm)
+    assert "half" not in reg.names("sampler")  # registered before the failure: discarded
+    assert "mine" in reg.names("sampler") and "langevin" in reg.names("sampler")
+    assert set(reg.load_errors) == {"halfway"}
+    err = reg.load_errors["halfway"]
+    assert err.startswith("RuntimeError: register exploded (_ebmkit_fake_halfway.py:"), err
+    info = {i.name: i for i in P.plugin_infos(pm)}
+    assert info["halfway"].error == err and info["halfway"].hooks == ("ebmkit_register",)
+    assert info["halfway"].dist == "ebmkit-fake" and info["mine"].error is None
+
+
+def test_register_hook_calling_sys_exit_is_isolated():
+    class Quitter:
+        @hookimpl
+        def ebmkit_register(self, register):
+            register(make_sampler("quitter"))
+            sys.exit(2)
+
+    quitter = Quitter()
+    pm = P.get_plugin_manager(entry_points=False, plugins=[samplers, quitter])
+    reg = P.build_registry(pm)
+    assert "quitter" not in reg.names("sampler") and "langevin" in reg.names("sampler")
+    assert reg.load_errors[pm.get_name(quitter)].startswith("SystemExit: 2")
+
+
+def test_misspelt_hook_in_an_installed_plugin(fake_plugins):
+    fake_plugins({"typo": MISSPELT, "mine": THIRD_PARTY})
+    pm = P.get_plugin_manager(block=())
+    info = {i.name: i for i in P.plugin_infos(pm)}
+    assert info["typo"].error == "unknown hook 'ebmkit_regster' (did you mean 'ebmkit_register'?)"
+    assert info["typo"].dist == "ebmkit-fake" and info["typo"].hooks == ()
+    reg = P.build_registry(pm)
+    assert "typo" not in reg.names("sampler") and "mine" in reg.names("sampler")
+    assert "langevin" in reg.names("sampler") and set(reg.load_errors) == {"typo"}
+
+
+@pytest.mark.parametrize("how", ["module", "entry point"])
+def test_plugin_calling_sys_exit_at_import_is_recorded(fake_plugins, how):
+    if how == "module":  # the module body calls sys.exit(3)
+        fake_plugins({"quits": EXITING, "mine": THIRD_PARTY})
+    else:  # the entry point's load() raises SystemExit itself
+        fake_plugins({"mine": THIRD_PARTY}, extra=(ExitingEntryPoint("quits", "-"),))
+    pm = P.get_plugin_manager(block=())
+    reg = P.build_registry(pm)
+    assert "mine" in reg.names("sampler") and "langevin" in reg.names("sampler")
+    assert set(reg.load_errors) == {"quits"}
+    expected = "SystemExit: 3" if how == "module" else "SystemExit: plugin gave up at import"
+    assert reg.load_errors["quits"].startswith(expected), reg.load_errors
+    info = {i.name: i for i in P.plugin_infos(pm)}
+    assert info["quits"].error == reg.load_errors["quits"] and info["quits"].hooks == ()
+
+
+def test_keyboard_interrupt_at_import_is_not_swallowed(fake_plugins):
+    fake_plugins({"ctrl_c": "raise KeyboardInterrupt\n"})
+    with pytest.raises(KeyboardInterrupt):
+        P.get_plugin_manager(block=())
+
+
+BROKEN_SET = {"broken": BROKEN, "quits": EXITING, "typo": MISSPELT, "halfway": RAISES_ON_REGISTER,
+              "mine": THIRD_PARTY}
+
+
+def test_broken_plugins_do_not_stop_the_cli(fake_plugins, ebmkit_cli):
+    """Every kind of broken plugin at once: `list` and `plugins` still work, each is named."""
+    fake_plugins(BROKEN_SET)
+    ebmkit_cli.fresh()
+    res = ebmkit_cli("list", "samplers")
+    assert res.exit_code == 0, res.output
+    names = {ln.split("│")[1].strip() for ln in res.stdout.splitlines() if ln.count("│") > 2}
+    assert {"langevin", "mine"} <= names and not {"half", "typo"} & names, res.stdout
+    assert "4 plugin(s) failed to load; see `ebmkit plugins`" in res.stderr, res.stderr
+    res = ebmkit_cli("plugins")
+    assert res.exit_code == 0, res.output
+    rows = {ln.split("│")[1].strip(): ln for ln in res.stdout.splitlines() if ln.count("│") > 2}
+    assert "RuntimeError: boom" in rows["broken"]
+    assert "SystemExit: 3" in rows["quits"]
+    assert "unknown hook 'ebmkit_regster'" in rows["typo"]
+    assert "RuntimeError: register exploded" in rows["halfway"]
+    assert "error" not in rows["mine"] and "ok" in rows["mine"]
+    assert ebmkit_cli("describe", "sampler", "langevin").exit_code == 0
 
 
 def test_broken_plugin_does_not_stop_list_and_shows_in_plugins(fake_plugins, ebmkit_cli):
@@ -280,6 +458,44 @@ def test_hook_ebmkit_cli(ebmkit_cli):
     assert ebmkit_cli("hello").exit_code != 0
 
 
+def test_hook_ebmkit_callbacks():
+    """Each plugin's callbacks, in registration order; None / one / a list; a raising plugin is
+    a warning naming it and the others still contribute."""
+    seen = []
+
+    class One:
+        @hookimpl
+        def ebmkit_callbacks(self, config, out_dir):
+            seen.append((config, out_dir))
+            return "cb1"
+
+    class Many:
+        @hookimpl
+        def ebmkit_callbacks(self, out_dir):  # a subset of the arguments
+            return ["cb2", "cb3"] if out_dir is not None else None
+
+    class Broken:
+        @hookimpl
+        def ebmkit_callbacks(self):
+            raise RuntimeError("no callbacks today")
+
+    class Nothing:
+        @hookimpl
+        def ebmkit_callbacks(self):
+            return None
+
+    broken = Broken()
+    pm = P.get_plugin_manager(entry_points=False, plugins=[One(), broken, Many(), Nothing()])
+    with pytest.warns(UserWarning) as rec:
+        cbs = P.plugin_callbacks(pm, config="cfg", out_dir=Path("runs/x"))
+    assert cbs == ["cb1", "cb2", "cb3"] and seen == [("cfg", Path("runs/x"))]
+    assert [str(w.message) for w in rec] == [
+        f"plugin '{pm.get_name(broken)}' failed to add callbacks: no callbacks today"]
+    with warnings.catch_warnings(record=True):
+        assert P.plugin_callbacks(pm, config="cfg", out_dir=None) == ["cb1"]
+    assert P.plugin_callbacks(P.get_plugin_manager(entry_points=False), None, None) == []
+
+
 def test_every_hook_is_tested():
     missing = [n for n in hookspec_names() if f"test_hook_{n}" not in globals()]
     assert not missing, f"add a test_hook_<name> test for: {', '.join(missing)}"
@@ -295,8 +511,12 @@ def test_every_hook_is_documented_with_its_signature():
         assert all(f"`{a}`" in text for a in inspect.signature(fn).parameters), name
 
 
-def test_scaffold_entry_point_is_a_cli_plugin():
-    pm = P.get_plugin_manager(entry_points=False, plugins=[scaffold])
-    assert [i.plugin_name for i in pm.hook.ebmkit_cli.get_hookimpls()] == [pm.get_name(scaffold)]
+def test_plugin_new_is_a_core_command_and_names_are_checked(cli):
+    """The scaffold is a maintainer tool of the core CLI (``ebmkit plugin new``), not a
+    component plugin; its name check is a one-line user error."""
+    from ebmkit import scaffold
+
+    code, out, err = cli("plugin", "new", "--help")
+    assert code == 0 and "Write a plugin package" in out
     with pytest.raises(ConfigError):
         scaffold.names_for("Bad Name")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -10,13 +13,16 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from ebmkit.builtin import scaffold
+import torch
+from ebmkit import scaffold
+from ebmkit.params import build
+from ebmkit_testing.samplers import DiagonalGaussianEnergy
 
 ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_writes_a_complete_package(ebmkit_cli, tmp_path):
-    ebmkit_cli.use(scaffold)
+    ebmkit_cli.use()  # `plugin new` is a core command: no plugin needed
     dest = tmp_path / "pkg"
     res = ebmkit_cli("plugin", "new", "my-sampler", "--kind", "sampler", "--dir", dest)
     assert res.exit_code == 0, res.output
@@ -36,14 +42,14 @@ def test_writes_a_complete_package(ebmkit_cli, tmp_path):
     (["ok", "--kind", "sampelr"], "unknown kind 'sampelr'; available: sampler"),
 ])
 def test_bad_arguments_are_one_line_errors(ebmkit_cli, tmp_path, args, message):
-    ebmkit_cli.use(scaffold)
+    ebmkit_cli.use()  # `plugin new` is a core command: no plugin needed
     res = ebmkit_cli("plugin", "new", *args, "--dir", tmp_path / "x")
     assert res.exit_code != 0
     assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
 
 
 def test_refuses_a_non_empty_directory(ebmkit_cli, tmp_path):
-    ebmkit_cli.use(scaffold)
+    ebmkit_cli.use()  # `plugin new` is a core command: no plugin needed
     (tmp_path / "keep.txt").write_text("mine")
     res = ebmkit_cli("plugin", "new", "s", "--dir", tmp_path)
     assert res.exit_code != 0 and "not empty" in res.stderr
@@ -61,6 +67,33 @@ def test_generated_tests_pass_in_process(tmp_path):
         cwd=tmp_path / "pkg", env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout and "failed" not in proc.stdout
+
+
+def test_generated_sampler_declares_exact_and_is_tested_where_it_rejects(tmp_path, monkeypatch):
+    """The skeleton says `exact = True` (it has a Metropolis test), and its generated test runs
+    the kit at a step size where that test rejects: acceptance 0.5-0.8 on the kit's Gaussian
+    target at T = 1 (near 1, a wrong reverse-proposal term or a shared accept decision passes)."""
+    pkg = tmp_path / "pkg"
+    scaffold.render("accept-check", "sampler", pkg)
+    src = (pkg / "src" / "ebmkit_accept_check" / "__init__.py").read_text()
+    assert re.search(r"^    exact = True\b", src, re.M), "the generated class states `exact`"
+    monkeypatch.syspath_prepend(str(pkg / "src"))
+    try:
+        mod = importlib.import_module("ebmkit_accept_check")
+        spec = importlib.util.spec_from_file_location(
+            "generated_test_accept_check", pkg / "tests" / "test_ebmkit_accept_check.py")
+        tests = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(tests)
+        cls = mod.AcceptCheck
+        assert cls.exact is True and tests.TestAcceptCheck.component is cls
+        sampler = cls(build(cls.Config, dict(tests.TestAcceptCheck.config), where="sampler"))
+        var, mean = torch.tensor([0.25, 2.0]), torch.tensor([0.5, -1.0])
+        e = DiagonalGaussianEnergy(var, mean)
+        x0 = mean + torch.randn(4000, 2, generator=torch.Generator().manual_seed(0)) * var.sqrt()
+        r = sampler.run(e, x0, 20, generator=torch.Generator().manual_seed(1))
+        assert 0.5 <= float(r.accept_rate) <= 0.8, float(r.accept_rate)
+    finally:
+        sys.modules.pop("ebmkit_accept_check", None)
 
 
 def _uv() -> str:

@@ -14,16 +14,15 @@ from ebmkit import EBM, Energy, param
 from ebmkit.builtin.datasets import ImageConfig, MNIST5k
 from ebmkit.builtin.initializers import NoiseConfig, NoiseInit
 from ebmkit.builtin.samplers import Langevin, LangevinConfig
-from ebmkit.builtin.shortrun import (
+from ebmkit.builtin.generator import (
     FlowConfig,
     FlowLikelihood,
     Interpolation,
     InterpolationConfig,
-    LongRun,
-    LongRunConfig,
     Reconstruction,
     ReconstructionConfig,
 )
+from ebmkit.builtin.longrun import LongRun, LongRunConfig
 from torch import nn
 
 

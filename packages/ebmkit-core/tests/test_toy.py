@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from ebmkit import EBM, ConfigError, Energy
-from ebmkit.builtin.evaluators import (
+from ebmkit.builtin.toy_density import (
     Grid,
     ToyDensity,
     entropy,
@@ -18,8 +18,9 @@ from ebmkit.builtin.evaluators import (
     smooth_log_density,
     total_variation,
 )
-from ebmkit.builtin.toy import CLAIMS, GMM1D, GMM2D, TOY_SOURCES, Rings2D, check_claims, reproduce
-from ebmkit.config import build
+from ebmkit.builtin.toys import GMM1D, GMM2D, TOY_SOURCES, Rings2D
+from ebmkit.reproductions.toy import CLAIMS, check_claims, reproduce
+from ebmkit.params import build
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

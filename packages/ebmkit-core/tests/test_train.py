@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from ebmkit import Energy, hookimpl, param
+from ebmkit import Energy, fit, hookimpl, param
 from ebmkit.checkpoint import load_energy
 from ebmkit.diagnostics import read_csv
 from ebmkit.errors import DataError, DivergenceError, MissingDependencyError
 from ebmkit.plugins import build_registry, get_plugin_manager
 from ebmkit.runconfig import build_document, resolve
-from ebmkit.train import data_noise_at, lr_at, train
+from ebmkit.training import data_noise_at, lr_at
 from safetensors.torch import load_file
 from torch import nn
 
@@ -82,12 +82,12 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(reg, tmp_path):
     spec = resolve(doc, reg)
 
     full = tmp_path / "full"
-    train(spec, full, progress=False)
+    fit(config=spec, out_dir=full, registry=reg)
     part = tmp_path / "part"
-    r = train(spec, part, progress=False, stop_after=4)  # "killed" during iteration 5
+    r = fit(config=spec, out_dir=part, registry=reg, stop_after=4)  # "killed" during iteration 5
     assert r.step == 4
     assert json.loads((part / "train_state" / "state.json").read_text())["step"] == 3
-    r = train(spec, part, resume=True, progress=False)
+    r = fit(out_dir=part, resume=True, registry=reg)
     assert r.step == 7
 
     a, b = load_file(str(full / "model.safetensors")), load_file(str(part / "model.safetensors"))
@@ -112,7 +112,7 @@ def test_divergence_stops_with_message_and_keeps_checkpoint(reg, tmp_path):
         "train.sample_every=0", "train.data_noise=0"])
     spec = resolve(doc, reg)
     with pytest.raises(DivergenceError) as e:
-        train(spec, tmp_path, progress=False)
+        fit(config=spec, out_dir=tmp_path, registry=reg)
     msg = str(e.value)
     assert "diverged at iteration 4" in msg and "train.lr" in msg and "\n" not in msg
     energy, meta = load_energy(tmp_path / "model.safetensors", reg)
@@ -128,7 +128,7 @@ def test_persistent_toy_run_oscillates_between_expansion_and_contraction(reg, tm
         "sampler.steps=10", "train.batch_size=64", "train.iterations=100", "train.lr=1e-3",
         "train.data_noise=0", "train.sample_every=0", "train.checkpoint_every=0", "train.plots=true",
         "train.tensorboard=off"])
-    res = train(resolve(doc, reg), tmp_path, progress=False)
+    res = fit(config=resolve(doc, reg), out_dir=tmp_path, registry=reg)
     d = read_csv(tmp_path / "diagnostics.csv")
     after = d["d_t"][33:]  # after burn-in; this seed gives 20 contraction / 47 expansion steps
     assert (after > 0).sum() >= 5 and (after < 0).sum() >= 5, after
@@ -162,6 +162,6 @@ def test_every_preset_starts(reg, tmp_path):
     assert {"quick", "shortrun-cifar10", "anatomy-convergent-cifar10"} <= set(presets)
     for preset in presets:
         spec = resolve(_tiny_preset_doc(reg, preset), reg)
-        res = train(spec, tmp_path / preset, progress=False)
+        res = fit(config=spec, out_dir=tmp_path / preset, registry=reg)
         assert res.step == 1, preset
         assert (tmp_path / preset / "model.safetensors").is_file(), preset

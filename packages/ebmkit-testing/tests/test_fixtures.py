@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ebmkit import hookimpl
 from ebmkit.builtin import initializers, samplers
+from ebmkit.hookspecs import hookimpl
 from ebmkit_testing import GaussianEnergy
 
 

@@ -7,7 +7,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from ebmkit import EvalResult, Evaluator, Initializer, hookimpl, param
+from ebmkit.builtin.initializers import DataInit, NoiseInit
+from ebmkit.builtin.samplers import MALA, Langevin
+from ebmkit.hookspecs import hookimpl
+from ebmkit.interfaces import EvalResult, Evaluator, Initializer, Prior
+from ebmkit.mcmc import (
+    ChainState,
+    StepInfo,
+    chain_grad_norm,
+    chain_sum,
+    energy_and_grad,
+    rand_chains,
+    randn_like_on,
+)
+from ebmkit.params import param
 from ebmkit_testing import (
     DataSourceConformance,
     EnergyConformance,
@@ -15,6 +28,7 @@ from ebmkit_testing import (
     GaussianEnergy,
     GaussianPoints,
     InitializerConformance,
+    SamplerConformance,
 )
 from ebmkit_testing.toys import GaussianEnergyConfig, GaussianPointsConfig
 from torch import nn
@@ -194,6 +208,206 @@ def test_initializer_violations(cls, check, message, tmp_path):
     args = (tmp_path,) if "state_dict" in check else ()
     with pytest.raises(AssertionError, match=message):
         getattr(s, check)(*args)
+
+
+class UndeclaredDataInit(DataInit):
+    name = "undeclared-data"
+    needs_data = False  # wrong: sample() needs the data batch
+
+
+class UnclearDataInit(Initializer):
+    name = "unclear-data"
+    summary = "Needs data but fails with a TypeError without it (wrong)."
+    Config = NoParams
+    needs_data = True
+
+    def sample(self, n, *, data=None, generator=None, device=None):
+        return data[:n].clone()  # TypeError: 'NoneType' object is not subscriptable
+
+
+class OverclaimingInit(NoiseInit):
+    name = "overclaiming"
+    needs_data = True  # wrong: it samples fine without data
+
+
+class MisshapenPriorInit(NoiseInit):
+    name = "misshapen-prior"
+
+    @property
+    def prior(self):
+        return Prior((*self.shape, 1))
+
+
+class OverCapacityInit(NoiseInit):
+    name = "over-capacity"
+
+    @property
+    def capacity(self):
+        return 4
+
+    def sample(self, n, *, data=None, generator=None, device=None):
+        if n >= 4:
+            raise ValueError("at most 3 chains")
+        return super().sample(n, data=data, generator=generator, device=device)
+
+
+class DataBoundStandalone(DataInit):
+    name = "data-bound"
+
+    def standalone(self):
+        return self  # wrong: needs data, so standalone sampling must fall back to the prior
+
+
+@pytest.mark.parametrize(("cls", "check", "message"), [
+    (UndeclaredDataInit, "test_needs_data_is_declared_truthfully",
+     "must work without a data batch"),
+    (UnclearDataInit, "test_needs_data_is_declared_truthfully", "raises a clear ValueError"),
+    (OverclaimingInit, "test_needs_data_is_declared_truthfully", "declare needs_data = False"),
+    (MisshapenPriorInit, "test_prior", "the prior's shape is one example's shape"),
+    (OverCapacityInit, "test_capacity", "at most 3 chains"),
+    (DataBoundStandalone, "test_standalone", "must start chains without data"),
+])
+def test_initializer_property_violations(cls, check, message):
+    s = suite(InitializerConformance, component=cls)
+    with pytest.raises((AssertionError, ValueError), match=message):
+        getattr(s, check)()
+
+
+def test_initializer_properties_of_a_correct_data_initializer_pass():
+    s = suite(InitializerConformance, component=DataInit)
+    for check in ("test_needs_data_is_declared_truthfully", "test_prior", "test_capacity",
+                  "test_standalone"):
+        getattr(s, check)()
+
+
+# --- samplers ---------------------------------------------------------------------------------
+class DeviceDrawLangevin(Langevin):
+    """Draws its noise on the chains' device with the caller's generator (wrong: a CPU generator
+    cannot drive CUDA chains this way)."""
+
+    name = "device-draw"
+
+    def _move(self, x, g, generator, noise, inplace):
+        x = x - self.a * g
+        if noise:
+            x = x + self.b * torch.randn(x.shape, generator=generator, device=x.device,
+                                         dtype=x.dtype)
+        return x
+
+    def run(self, energy, x0, steps=None, **kw):  # the step-by-step loop only
+        return super(Langevin, self).run(energy, x0, steps, **kw)
+
+
+class LayoutDrawLangevin(DeviceDrawLangevin):
+    """Draws noise shaped like the chains (wrong: fills memory in the chains' stride order)."""
+
+    name = "layout-draw"
+
+    def _move(self, x, g, generator, noise, inplace):
+        x = x - self.a * g
+        if noise:
+            x = x + self.b * torch.empty_like(x).normal_(generator=generator)
+        return x
+
+
+class InexactMALA(MALA):
+    name = "inexact-mala"
+    exact = False  # wrong: it reports acceptances (it has a Metropolis test)
+
+
+class SignedGradCoef(Langevin):
+    name = "signed-grad-coef"
+
+    @property
+    def grad_coef(self):
+        return -self.a
+
+
+class DoubledGradCoef(Langevin):
+    name = "doubled-grad-coef"
+
+    @property
+    def grad_coef(self):
+        return 2 * self.a
+
+
+class ReverseWithForwardGradient(MALA):
+    """MALA whose reverse proposal density uses ∇U(x) instead of ∇U(y) (wrong)."""
+
+    name = "wrong-reverse"
+
+    def propose(self, energy, state, eps, generator, noise, differentiable):
+        x, g_x, u_x = state.x, state.grad, state.energy
+        a = eps * eps / 2
+        y = x - a * g_x + eps * randn_like_on(x, generator)
+        u_y, g_y = energy_and_grad(energy, y, temperature=self.temperature)
+        fwd = chain_sum((y - x + a * g_x).square())
+        bwd = chain_sum((x - y + a * g_x).square())  # should be + a * g_y
+        log_alpha = (u_x - u_y) + (fwd - bwd) / (2 * eps * eps)
+        return y, u_y, g_y, log_alpha, torch.zeros_like(u_y, dtype=torch.bool)
+
+
+class SharedDecisionMALA(MALA):
+    """One accept decision for all chains, with the mean acceptance probability (wrong)."""
+
+    name = "shared-decision"
+
+    def step(self, energy, state, *, generator=None, noise=True, differentiable=False):
+        x = state.x
+        gn = chain_grad_norm(state.grad)
+        eps = float(self.config.step_size)
+        y, u_y, g_y, log_alpha, div = self.propose(energy, state, eps, generator, noise, False)
+        p = log_alpha.clamp(max=0).exp()
+        acc = (rand_chains(x[:1], generator) < p.mean()).expand(x.shape[0])
+        m = acc.view(-1, *[1] * (x.ndim - 1))
+        new = ChainState(x=torch.where(m, y, x), energy=torch.where(acc, u_y, state.energy),
+                         grad=torch.where(m, g_y, state.grad))
+        return new, StepInfo(grad_norm=gn, energy=new.energy, accepted=acc, accept_prob=p,
+                             divergent=div)
+
+
+@pytest.mark.parametrize(("cls", "config", "attrs", "check", "args", "message"), [
+    (DeviceDrawLangevin, {"step_size": 0.5}, {}, "test_cpu_generator_drives_chains_on_another_device",
+     (), r"a CPU generator may drive chains on another device.*torch\.randn on meta"),
+    (LayoutDrawLangevin, {"step_size": 0.5}, {}, "test_channels_last_images", (),
+     "same chain for a contiguous and a channels-last x0"),
+    (LayoutDrawLangevin, {"step_size": 0.5}, {}, "test_cpu_generator_drives_chains_on_another_device",
+     (), r"Tensor\.normal_ on meta"),
+    (InexactMALA, {"step_size": 0.9}, {}, "test_acceptances_are_reported_only_by_exact_samplers",
+     (), r"reports acceptances \(ChainResult.accept_rate.*leaves `exact = False`"),
+    (SignedGradCoef, {"step_size": 0.5}, {}, "test_grad_coef_is_none_or_positive", (),
+     "finite positive"),
+    (DoubledGradCoef, {"step_size": 0.5}, {"grad_coef_is_step": True},
+     "test_noise_free_step_moves_by_grad_coef", (), "moves x by −grad_coef·∇U/T"),
+    (MALA, {"step_size": 0.1}, {}, "test_gaussian_target", (1.0,), "at acceptance 0.999"),
+    (ReverseWithForwardGradient, {"step_size": 0.9}, {}, "test_gaussian_target", (1.0,),
+     "variance within 4 standard errors"),
+    (SharedDecisionMALA, {"step_size": 0.9}, {}, "test_gaussian_target", (1.0,),
+     "within 4 standard errors"),
+])
+def test_sampler_violations(cls, config, attrs, check, args, message):
+    s = suite(SamplerConformance, component=cls, config=config, **attrs)
+    with pytest.raises(AssertionError, match=message):
+        getattr(s, check)(*args)
+
+
+def test_small_step_hides_the_planted_metropolis_errors():
+    """Why exact samplers must be checked where they reject: at step 0.1 (acceptance 0.999) the
+    wrong reverse term and the shared decision pass the Gaussian check."""
+    for cls in (ReverseWithForwardGradient, SharedDecisionMALA):
+        suite(SamplerConformance, component=cls, config={"step_size": 0.1},
+              max_accept_rate=None).test_gaussian_target(1.0)
+
+
+def test_sampler_checks_pass_on_correct_counterparts():
+    for cls, config in ((Langevin, {"step_size": 0.5, "memory_format": "preserve"}),
+                        (MALA, {"step_size": 0.9})):
+        s = suite(SamplerConformance, component=cls, config=config, grad_coef_is_step=True)
+        s.test_cpu_generator_drives_chains_on_another_device()
+        s.test_channels_last_images()
+        s.test_acceptances_are_reported_only_by_exact_samplers()
+        s.test_grad_coef_is_none_or_positive()
+        s.test_noise_free_step_moves_by_grad_coef()
 
 
 # --- datasets ---------------------------------------------------------------------------------

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
 import torch
-from ebmkit import EvalResult, Evaluator, param
 from ebmkit.builtin import datasets, energies, initializers
+from ebmkit.builtin.samplers import HMC, MALA, Langevin
+from ebmkit.interfaces import EvalResult, Evaluator
+from ebmkit.params import param
 from ebmkit_testing import (
     DataSourceConformance,
     EnergyConformance,
@@ -14,6 +17,7 @@ from ebmkit_testing import (
     GaussianEnergy,
     GaussianPoints,
     InitializerConformance,
+    SamplerConformance,
 )
 
 
@@ -108,3 +112,24 @@ class MeanEnergyGap(Evaluator):
 class TestMeanEnergyGap(EvaluatorConformance):
     component = MeanEnergyGap
     needs_data = False
+
+
+# The full sampler suite runs over every registered sampler in ebmkit-core's test_samplers.py;
+# here, the kit's RNG, exactness and grad_coef checks on the built-ins.
+@pytest.mark.parametrize(("cls", "config", "grad_coef_is_step"), [
+    (Langevin, {"step_size": 0.5}, True),
+    (Langevin, {"step_size": 0.5, "memory_format": "preserve"}, True),
+    (MALA, {"step_size": 0.9}, True),
+    (HMC, {"step_size": 0.9, "leapfrog_steps": 3}, False),
+], ids=["langevin", "langevin-preserve", "mala", "hmc"])
+def test_sampler_rng_exactness_and_grad_coef_checks_pass_on_builtins(cls, config, grad_coef_is_step):
+    s = type("TestCase", (SamplerConformance,), {
+        "component": cls, "config": config, "grad_coef_is_step": grad_coef_is_step})()
+    s.test_channels_last_images()
+    s.test_cpu_generator_drives_chains_on_another_device()
+    s.test_acceptances_are_reported_only_by_exact_samplers()
+    s.test_grad_coef_is_none_or_positive()
+    if grad_coef_is_step:
+        s.test_noise_free_step_moves_by_grad_coef()
+    for t in (1.0, 2.0):
+        s.test_gaussian_target(t)

@@ -17,17 +17,20 @@ class TestUnderdampedBAOAB(SamplerConformance):
     plugin = ebmkit_underdamped
     entry_point = "underdamped"
     config = {"step_size": 0.5, "friction": 1.0}
+    grad_coef_is_step = True  # from rest, a noise-free step moves x by −(1 + e^{−γh})h²/4·∇V
 
 
 class TestUnderdampedOBABO(SamplerConformance):
     component = Underdamped
     plugin = ebmkit_underdamped
     config = {"step_size": 0.5, "friction": 2.0, "integrator": "obabo"}
+    grad_coef_is_step = True  # from rest, a noise-free step moves x by −(h²/2)·∇V
 
 
 class TestUnderdampedGaussianMomentum(SamplerConformance):
     component = Underdamped
     config = {"step_size": 0.4, "friction": 0.5, "init_momentum": "gaussian"}
+    grad_coef_is_step = True  # with the noise off the chain starts at rest
 
 
 @pytest.mark.parametrize("integrator", ["baoab", "obabo"])
@@ -69,6 +72,28 @@ def test_long_run_stationary_moments(integrator):
     tol = 4 * math.sqrt(2 / 3999)
     assert torch.allclose(state.x.var(0), torch.full((2,), vx), rtol=tol, atol=0)
     assert torch.allclose(state.extra["momentum"].var(0), torch.full((2,), vp), rtol=tol, atol=0)
+
+
+@pytest.mark.parametrize("integrator", ["baoab", "obabo"])
+def test_grad_coef_is_the_gradients_share_of_the_move_with_momentum(integrator):
+    """From a state with momentum, the move's part linear in the step's gradient is −grad_coef·g:
+    two noise-free steps from the same (x, p) under gradients g and 2g differ by grad_coef·g."""
+    s = Underdamped(UnderdampedConfig(step_size=0.7, friction=0.8, integrator=integrator))
+    a = s.grad_coef
+    if integrator == "baoab":
+        assert a == pytest.approx((1 + math.exp(-0.8 * 0.7)) * 0.7**2 / 4)
+    else:
+        assert a == pytest.approx(0.7**2 / 2)
+    e = DiagonalGaussianEnergy(torch.ones(3)).double()
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    p = torch.randn(5, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    g = torch.randn(5, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    moved = []
+    for k in (1.0, 2.0):
+        state = s.init(e, x)
+        state.grad, state.extra["momentum"] = k * g, p.clone()
+        moved.append(s.step(e, state, noise=False)[0].x)
+    torch.testing.assert_close(moved[0] - moved[1], a * g, rtol=1e-12, atol=1e-12)
 
 
 def test_one_gradient_per_step():

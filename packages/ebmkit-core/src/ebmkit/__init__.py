@@ -1,6 +1,15 @@
 """ebmkit: energy-based models learned by MCMC-based maximum likelihood.
 
-Public API for users and plugin authors (everything a plugin needs is importable from here).
+For users (notebooks, scripts)::
+
+    import ebmkit
+    ebm = ebmkit.fit(energy="convnet32", data="mnist5k", iterations=600)   # -> EBM
+    x = ebm.sample(64, steps=40, seed=0)
+    ebm.save("model.safetensors"); ebm = ebmkit.load("model.safetensors")
+
+For plugin authors: the component interfaces (:class:`Energy`, :class:`Sampler`,
+:class:`Initializer`, :class:`DataSource`, :class:`Evaluator`), :func:`param` configs,
+:data:`hookimpl`, and the MCMC helpers of :mod:`ebmkit.mcmc`.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -10,6 +19,19 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+local"
 
+from .api import InMemoryData, evaluate, fit, load, model_from
+from .callbacks import (
+    Callback,
+    Checkpoint,
+    CSVLogger,
+    DiagnosticPlots,
+    DivergenceGuard,
+    LambdaCallback,
+    ProgressBar,
+    SampleGrids,
+    TensorBoard,
+    default_callbacks,
+)
 from .errors import (
     CheckpointError,
     ConfigError,
@@ -22,28 +44,47 @@ from .errors import (
 )
 from .hookspecs import hookimpl
 from .interfaces import (
-    EBM,
-    ChainResult,
-    ChainState,
     Component,
     DataSource,
     Energy,
     EvalResult,
     Evaluator,
     Initializer,
+    Prior,
+    PriorInitializer,
     Sampler,
+)
+from .mcmc import (
+    ChainResult,
+    ChainState,
+    ChainStats,
     StepInfo,
     chain_grad_norm,
+    chain_layout_for,
+    chain_sum,
     energy_and_grad,
     frozen,
+    memory_format_of,
+    rand_chains,
+    randn_like_on,
+    restore_layout,
 )
+from .model import EBM, sampling_steps
 from .params import param
 from .plugins import Preset, Registry, build_registry, get_plugin_manager
+from .runconfig import RunConfig, TrainConfig
+from .training import Run, StepOutput, train_step
 
 __all__ = [
-    "EBM", "ChainResult", "ChainState", "CheckpointError", "Component", "ConfigError", "DataError",
-    "DataSource", "DivergenceError", "EbmkitError", "Energy", "EvalResult", "Evaluator",
-    "Initializer", "MissingDependencyError", "PluginError", "Preset", "Registry", "Sampler",
-    "StepInfo", "UnknownComponentError", "__version__", "build_registry", "chain_grad_norm",
-    "energy_and_grad", "frozen", "get_plugin_manager", "hookimpl", "param",
+    "EBM", "CSVLogger", "Callback", "ChainResult", "ChainState", "ChainStats", "Checkpoint",
+    "CheckpointError", "Component", "ConfigError", "DataError", "DataSource", "DiagnosticPlots",
+    "DivergenceError", "DivergenceGuard", "EbmkitError", "Energy", "EvalResult", "Evaluator",
+    "InMemoryData", "Initializer", "LambdaCallback", "MissingDependencyError", "PluginError",
+    "Preset", "Prior", "PriorInitializer", "ProgressBar", "Registry", "Run", "RunConfig",
+    "SampleGrids", "Sampler", "StepInfo", "StepOutput", "TensorBoard", "TrainConfig",
+    "UnknownComponentError", "__version__", "build_registry", "chain_grad_norm",
+    "chain_layout_for", "chain_sum", "default_callbacks", "energy_and_grad", "evaluate", "fit",
+    "frozen",
+    "get_plugin_manager", "hookimpl", "load", "memory_format_of", "model_from", "param",
+    "rand_chains", "randn_like_on", "restore_layout", "sampling_steps", "train_step",
 ]

@@ -37,9 +37,26 @@ STATE_FORMAT = "ebmkit.state/1"
 
 
 def _version() -> str:
-    from . import __version__
+    from importlib.metadata import PackageNotFoundError, version
 
-    return __version__
+    try:
+        return version("ebmkit-core")
+    except PackageNotFoundError:  # pragma: no cover - a source tree
+        return "0.0.0+local"
+
+
+def load_weights(path: Path, module: torch.nn.Module, *, strict: bool = True) -> None:
+    """Fill ``module`` with the weights stored in ``path`` (one-line errors)."""
+    path = Path(path)
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: cannot read weights ({exc})") from None
+    try:
+        module.load_state_dict(tensors, strict=strict)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: the weights do not fit this energy ({first})") from None
 
 
 def atomic_write(path: Path, write) -> None:
@@ -60,18 +77,29 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda p: Path(p).write_text(text))
 
 
-def save_energy(path: Path, energy: torch.nn.Module, *, doc: Mapping[str, Any], step: int,
-                extra_meta: Mapping[str, str] | None = None) -> Path:
-    """Write ``energy``'s weights and metadata to ``path`` atomically."""
+def save_energy(path: Path, energy: torch.nn.Module, *, doc: Mapping[str, Any] | None, step: int,
+                shape: tuple[int, ...] | None = None, extra_meta: Mapping[str, str] | None = None) -> Path:
+    """Write ``energy``'s weights and metadata to ``path`` atomically.
+
+    ``doc`` is the run document (``None`` for a hand-built model: the energy is then recorded
+    as ``custom``); ``shape`` one example's shape (default ``energy.shape``)."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in energy.state_dict().items()}
+    name = getattr(energy, "name", "") or "custom"
+    if doc is None:
+        cls = type(energy)
+        doc = {"energy": {"name": "custom", "class": f"{cls.__module__}.{cls.__qualname__}"}}
+    shape = shape if shape is not None else getattr(energy, "shape", None)
+    if shape is None:
+        raise ConfigError("save_energy needs the shape of one example (shape=...)")
     meta = {
         "format": FORMAT,
         "ebmkit_version": _version(),
         "step": str(int(step)),
-        "energy": str(energy.name),
-        "shape": json.dumps(list(energy.shape)),
+        "energy": str(doc.get("energy", {}).get("name", name)),
+        "shape": json.dumps([int(s) for s in shape]),
         "config": json.dumps(doc, sort_keys=False),
     }
+
     meta.update(extra_meta or {})
     atomic_write(Path(path), lambda p: save_file(tensors, p, metadata=meta))
     return Path(path)
@@ -93,53 +121,65 @@ def read_metadata(path: Path) -> dict[str, str]:
         ) from None
 
 
-def load_energy(path: Path, registry=None, *, device: str | torch.device = "cpu"):
-    """Rebuild an energy from a checkpoint. Returns ``(energy, meta)`` where ``meta['config']``
-    is the run document (a dict)."""
-    from .params import build
-
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The validated metadata of an energy checkpoint: ``config`` (the run document, a dict),
+    ``shape`` (tuple), ``step`` (int), ``energy`` (name), ``sample_steps`` (int or None), plus
+    the raw string fields."""
     path = Path(path)
     meta = read_metadata(path)
     if meta.get("format") != FORMAT:
         found = meta.get("format", "no ebmkit metadata")
         raise CheckpointError(
             f"{path} is not an ebmkit energy checkpoint (format: {found}); "
-            "expected a file written by `ebmkit run`"
+            "expected a file written by `ebmkit run` or EBM.save"
         )
     try:
         doc = json.loads(meta["config"])
-        shape = tuple(json.loads(meta["shape"]))
-        name = meta["energy"]
-    except (KeyError, json.JSONDecodeError) as exc:
+        shape = tuple(int(s) for s in json.loads(meta["shape"]))
+        name = str(meta["energy"])
+        step = int(meta.get("step", 0))
+        if not isinstance(doc, dict) or not all(isinstance(v, dict) for v in doc.values()):
+            raise ValueError("config is not a document of tables")
+    except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: damaged ebmkit metadata ({exc})") from None
-    if registry is None:
-        from .plugins import default_registry
+    out: dict[str, Any] = dict(meta)
+    out.update(config=doc, shape=shape, step=step, energy=name)
+    return out
 
-        registry = default_registry()
-    try:
-        cls = registry.get("energy", name)
-    except UnknownComponentError as exc:
-        raise CheckpointError(f"{path} needs energy '{name}', which is not installed: {exc}") from None
-    params = {k: v for k, v in doc.get("energy", {}).items() if k != "name"}
-    try:
-        cfg = build(cls.Config, params, where="energy")
-    except ConfigError as exc:
-        raise CheckpointError(f"{path}: its energy config does not fit this ebmkit ({exc})") from None
-    energy = cls(cfg, shape)
-    try:
-        tensors = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{path}: cannot read weights ({exc})") from None
-    try:
-        energy.load_state_dict(tensors, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: weights do not match energy '{name}' ({first})") from None
+
+def load_energy(path: Path, registry, *, device: str | torch.device = "cpu",
+                energy: torch.nn.Module | None = None):
+    """Rebuild an energy from a checkpoint: by its registered name, or into ``energy`` (a module
+    you built, e.g. a custom ``nn.Module``). Returns ``(energy, meta)`` (see
+    :func:`read_checkpoint`)."""
+    from .params import build
+
+    path = Path(path)
+    meta = read_checkpoint(path)
+    doc, shape, name = meta["config"], meta["shape"], meta["energy"]
+    if name != "custom" and doc.get("energy", {}).get("name") == "custom":
+        name = "custom"
+    if energy is None:
+        if name == "custom":
+            cls_name = doc.get("energy", {}).get("class", "a custom nn.Module")
+            raise CheckpointError(
+                f"{path} holds a custom energy ({cls_name}); load it from Python with "
+                "ebmkit.load(path, energy=<a module of that class>)")
+        try:
+            cls = registry.get("energy", name)
+        except UnknownComponentError as exc:
+            raise CheckpointError(f"{path} needs energy '{name}', which is not installed: {exc}") from None
+        params = {k: v for k, v in doc.get("energy", {}).items() if k != "name"}
+        try:
+            cfg = build(cls.Config, params, where="energy")
+        except ConfigError as exc:
+            raise CheckpointError(f"{path}: its energy config does not fit this ebmkit ({exc})") from None
+        try:
+            energy = cls(cfg, shape)
+        except ConfigError as exc:
+            raise CheckpointError(f"{path}: cannot rebuild energy '{name}' ({exc})") from None
+    load_weights(path, energy)
     energy.to(device).eval()
-    meta = dict(meta)
-    meta["config"] = doc
-    meta["shape"] = shape
-    meta["step"] = int(meta.get("step", 0))
     return energy, meta
 
 

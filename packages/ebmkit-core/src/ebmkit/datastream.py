@@ -12,7 +12,7 @@ from torch import Tensor
 from .errors import DataError
 
 
-def _tensor_of(dataset) -> Tensor | None:
+def tensor_of(dataset) -> Tensor | None:
     """The stacked image tensor of an in-memory dataset (fast path), else None."""
     tensors = getattr(dataset, "tensors", None)
     if tensors:
@@ -51,7 +51,7 @@ def batch_stream(dataset, batch_size: int, *, generator: torch.Generator,
     batch where the run stopped (re-reading that epoch's first batches). Map-style datasets are
     reshuffled every epoch with ``generator``.
     """
-    x = _tensor_of(dataset)
+    x = tensor_of(dataset)
     if x is not None:
         if len(x) == 0:
             raise DataError("the dataset is empty")
@@ -82,9 +82,9 @@ def batch_stream(dataset, batch_size: int, *, generator: torch.Generator,
         epoch, skip = epoch + 1, 0
 
 
-def _draw(dataset, n: int, generator: torch.Generator) -> Tensor:
+def draw(dataset, n: int, generator: torch.Generator) -> Tensor:
     """``n`` data examples (to fill a persistent buffer, for instance)."""
-    x = _tensor_of(dataset)
+    x = tensor_of(dataset)
     if x is not None:
         return x[torch.randint(0, len(x), (n,), generator=generator)]
     out, got = [], 0

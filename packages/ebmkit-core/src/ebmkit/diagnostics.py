@@ -99,16 +99,16 @@ def pacf(x: np.ndarray, max_lag: int) -> np.ndarray:
 def plot_diagnostics(csv_path: Path, out_dir: Path, *, burn_in: float = 0.2) -> list[Path]:
     """Write ``diagnostics.png`` (d_t, r_t, energies over training) and ``oscillation.png``
     (cross-correlation of d_t and centred v_t, PACF of both, after ``burn_in`` of the run)."""
-    from .plotting import pyplot, save_figure
+    from .plotting import new_figure, save_figure
 
-    plt = pyplot()
     d = read_csv(csv_path)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     it = d["iter"]
     paths = []
 
-    fig, axes = plt.subplots(3, 1, figsize=(8, 8), sharex=True)
+    fig = new_figure(figsize=(8, 8))
+    axes = fig.subplots(3, 1, sharex=True)
     axes[0].plot(it, d["d_t"], lw=0.8)
     axes[0].axhline(0, color="k", lw=0.5)
     axes[0].set_ylabel("d_t = U(x+) - U(x-)")
@@ -129,7 +129,8 @@ def plot_diagnostics(csv_path: Path, out_dir: Path, *, burn_in: float = 0.2) -> 
     dt, vt = dt[ok], vt[ok]
     if len(dt) >= 12:
         max_lag = min(10, len(dt) // 3)
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+        fig = new_figure(figsize=(10, 3.5))
+        axes = fig.subplots(1, 2)
         lags, cc = cross_correlation(dt, vt - vt.mean(), max_lag)
         axes[0].bar(lags, cc, width=0.6)
         axes[0].set_title("cross-correlation d_t (uncentred) vs v_t (centred)")

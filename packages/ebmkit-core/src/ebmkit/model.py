@@ -70,6 +70,11 @@ class EBM:
         self.step = int(step)
         self.meta = dict(meta or {})
         self.registry = registry
+        #: set by :func:`ebmkit.fit`: the run directory (or None), the last iteration's
+        #: diagnostics, and whether every iteration ran.
+        self.out_dir: Path | None = None
+        self.last: dict[str, Any] = {}
+        self.completed: bool | None = None
 
     def __repr__(self) -> str:
         name = getattr(self.energy, "name", "") or type(self.energy).__name__
@@ -162,6 +167,29 @@ class EBM:
         (no pickle); :func:`ebmkit.load` rebuilds the model from it."""
         from .checkpoint import save_energy
 
-        doc = self.config.to_dict() if self.config is not None else None
-        return save_energy(Path(path), self.energy, doc=doc, step=self.step, shape=self.shape,
-                           sample_steps=self.steps)
+        return save_energy(Path(path), self.energy, doc=self.document(), step=self.step,
+                           shape=self.shape)
+
+    def document(self) -> dict[str, dict[str, Any]]:
+        """The run document this model saves: the run's, or (hand-built) one describing its
+        components; ``train.sample_steps`` records the sampling K when it differs from the
+        sampler's ``steps``."""
+        from .params import to_dict
+
+        if self.config is not None:
+            doc = self.config.to_dict()
+        else:
+            doc = {}
+            for section, obj in (("energy", self.energy), ("sampler", self.sampler),
+                                 ("init", self.initializer)):
+                name, cfg = getattr(obj, "name", ""), getattr(obj, "config", None)
+                if name and name != "prior" and cfg is not None and hasattr(cfg, "__dataclass_fields__"):
+                    doc[section] = {"name": name, **to_dict(cfg)}
+                else:
+                    cls = type(obj)
+                    doc[section] = {"name": "custom", "class": f"{cls.__module__}.{cls.__qualname__}"}
+            doc["data"] = {"name": "custom"}
+            doc["train"] = {}
+        if self.steps != self.sampler.default_steps:
+            doc.setdefault("train", {})["sample_steps"] = self.steps
+        return doc

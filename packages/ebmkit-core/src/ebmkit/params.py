@@ -221,15 +221,29 @@ def to_dict(config: Any) -> dict[str, Any]:
     return out
 
 
-def parse_override(text: str) -> tuple[str, str, str]:
-    """Split ``section.key=value`` into its parts; raise ConfigError on a malformed override."""
+def parse_override(text: str, *, section: str | None = None, flag: str = "--set") -> tuple[str, str, str]:
+    """Split ``section.key=value`` into its parts — the one ``KEY=VALUE`` parser of every command
+    (``--set``, ``--eval-set``, ``ebmkit data --set``, :meth:`RunConfig.with_overrides`).
+
+    With ``section`` given, ``key=value`` is accepted too and means ``section.key=value``
+    (``section.key=value`` with that section also works). Raises ConfigError when malformed.
+    """
+    example = f"{section}.KEY=VALUE" if section else "SECTION.KEY=VALUE, e.g. sampler.steps=100"
     if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected SECTION.KEY=VALUE, e.g. sampler.steps=100")
+        raise ConfigError(f"{flag} {text!r}: expected {'KEY=VALUE' if section else example}")
     lhs, value = text.split("=", 1)
+    lhs = lhs.strip()
+    if section is not None:
+        key = lhs.removeprefix(f"{section}.")
+        if not key or "." in key:
+            raise ConfigError(f"{flag} {text!r}: expected KEY=VALUE (or {section}.KEY=VALUE)")
+        return section, key, value.strip()
     if "." not in lhs:
-        raise ConfigError(f"--set {text!r}: expected SECTION.KEY=VALUE, e.g. sampler.steps=100")
-    section, key = lhs.strip().split(".", 1)
-    return section, key.strip(), value.strip()
+        raise ConfigError(f"{flag} {text!r}: expected {example}")
+    sec, key = lhs.split(".", 1)
+    if not sec.strip() or not key.strip():
+        raise ConfigError(f"{flag} {text!r}: expected {example}")
+    return sec.strip(), key.strip(), value.strip()
 
 
 def dumps_toml(doc: Mapping[str, Mapping[str, Any]]) -> str:

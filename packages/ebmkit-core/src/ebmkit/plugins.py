@@ -1,7 +1,8 @@
 """Plugin discovery: a plugin-manager factory and the component registry it fills.
 
 No global plugin state: :func:`get_plugin_manager` builds a fresh manager and
-:func:`build_registry` a fresh registry. The CLI caches one per process; tests build their own
+:func:`build_registry` a fresh registry. Only the CLI caches one per process
+(``ebmkit.cli.main``); the library builds one per call unless given one; tests build their own
 with just the plugins they need.
 
 Environment variables:
@@ -9,16 +10,22 @@ Environment variables:
 * ``EBMKIT_BLOCK_PLUGINS`` — comma-separated entry-point names or distribution names to skip.
 * ``EBMKIT_TRACE_HOOKS`` — when set (non-empty, not ``0``), every hook call is traced to stderr:
   which plugin's implementation ran, what it registered, and how long it took.
+
+A failing plugin never takes the others down: one that fails to import (``sys.exit`` included),
+implements a hook that does not exist (a misspelt name) or whose ``ebmkit_register`` raises is
+recorded by name (:func:`plugin_infos`, ``Registry.load_errors``) and skipped.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -78,6 +85,48 @@ def _blocked_names() -> set[str]:
     return {s.strip() for s in raw.split(",") if s.strip()}
 
 
+def _describe(exc: BaseException) -> str:
+    """``Type: message (file.py:line)``, the line being the innermost frame outside this module
+    and the import machinery (none for a module that is not there at all)."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename != __file__
+              and not f.filename.startswith("<") and "importlib" not in Path(f.filename).parts]
+    where = f" ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    text = " ".join(str(exc).split())  # one line: it is a cell of the `ebmkit plugins` table
+    return f"{type(exc).__name__}: {text}{where}" if text else f"{type(exc).__name__}{where}"
+
+
+def _unknown_hooks(pm: pluggy.PluginManager, plugin: Any) -> str | None:
+    """Why ``plugin`` implements hooks no hookspec declares (a misspelt name), or ``None``."""
+    known = sorted(n for n, caller in vars(pm.hook).items() if caller.has_spec())
+    problems = []
+    for caller in pm.get_hookcallers(plugin) or ():
+        if caller.has_spec():
+            continue
+        impls = [i for i in caller.get_hookimpls() if i.plugin is plugin]
+        if all(i.optionalhook for i in impls):
+            continue  # declared optional by the plugin: pluggy's check_pending accepts it too
+        close = difflib.get_close_matches(caller.name, known, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known hooks: {', '.join(known)}"
+        problems.append(f"unknown hook '{caller.name}' ({hint})")
+    return "; ".join(problems) or None
+
+
+def _register(pm: pluggy.PluginManager, obj: Any, name: str | None) -> tuple[str, str | None]:
+    """Register one plugin; on failure (invalid or unknown hook) leave none of it registered and
+    return the error instead of raising: ``(name, error)``."""
+    name = name or pm.get_canonical_name(obj)
+    try:
+        pm.register(obj, name=name)
+        error = _unknown_hooks(pm, obj)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # e.g. pluggy's PluginValidationError for a bad signature
+        error = _describe(exc)
+    if error is not None and pm.get_plugin(name) is obj:
+        pm.unregister(name=name)
+    return name, error
+
+
 def get_plugin_manager(
     *, entry_points: bool = True, plugins: Iterable[Any] = (), block: Iterable[str] | None = None
 ) -> pluggy.PluginManager:
@@ -85,7 +134,8 @@ def get_plugin_manager(
 
     ``entry_points`` loads every module under the ``ebmkit`` entry-point group (ebmkit's built-ins
     included). ``plugins`` are extra objects (modules, instances) to register by hand. A plugin
-    that fails to import is recorded, not raised: see ``pm.ebmkit_load_errors``.
+    that fails to import (``sys.exit`` at import included) or implements a hook with no hookspec
+    (a misspelt name) is recorded, not raised, and left unregistered: see :func:`plugin_infos`.
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
@@ -103,18 +153,18 @@ def get_plugin_manager(
                 continue  # the same distribution seen twice on sys.path
             try:
                 obj = ep.load()
-                pm.register(obj, name=ep.name)
-            except Exception as exc:  # a broken plugin must not take the CLI down
-                last = traceback.extract_tb(exc.__traceback__)[-1:] or None
-                where = f" ({Path(last[0].filename).name}:{last[0].lineno})" if last else ""
-                msg = f"{type(exc).__name__}: {exc}{where}"
-                pm.ebmkit_plugin_info[ep.name] = PluginInfo(ep.name, dist, version, error=msg)
-                continue
-            pm.ebmkit_plugin_info[ep.name] = PluginInfo(ep.name, dist, version)
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # a broken plugin must not take the CLI down, not even
+                error = _describe(exc)  # one that calls sys.exit (SystemExit) when imported
+            else:
+                _, error = _register(pm, obj, ep.name)
+            pm.ebmkit_plugin_info[ep.name] = PluginInfo(ep.name, dist, version, error=error)
     for obj in plugins:
-        name = pm.register(obj)
-        pm.ebmkit_plugin_info[name] = PluginInfo(name, "", "")
-    pm.check_pending()  # a misspelt hook name fails loudly
+        if pm.is_registered(obj):
+            continue  # already loaded through its entry point
+        name, error = _register(pm, obj, None)
+        pm.ebmkit_plugin_info[name] = PluginInfo(name, "", "", error=error)
     if tracing():
         for name, info in sorted(pm.ebmkit_plugin_info.items()):
             state = "blocked" if info.blocked else (f"error: {info.error}" if info.error else "loaded")
@@ -164,13 +214,11 @@ class Registry:
 
     def __init__(self) -> None:
         self._entries: dict[str, dict[str, Entry]] = {k: {} for k in [*KINDS, "preset"]}
-        self.load_errors: dict[str, str] = {}
+        self.load_errors: dict[str, str] = {}  # plugin name -> why it contributed nothing
+        self.pm: pluggy.PluginManager | None = None  # the manager that filled it (for other hooks)
 
     def add(self, obj: Any, *, plugin: str = "", dist: str = "", version: str = "") -> Any:
-        kind = kind_of(obj)
-        name = getattr(obj, "name", "")
-        if not isinstance(name, str) or not name:
-            raise PluginError(f"plugin '{plugin}' registered {obj!r} without a name")
+        kind, name = _kind_and_name(obj, plugin)
         table = self._entries[kind]
         if name in table and table[name].obj is not obj:
             other = table[name]
@@ -236,34 +284,73 @@ def kind_of(obj: Any) -> str:
     )
 
 
+def _kind_and_name(obj: Any, plugin: str) -> tuple[str, str]:
+    kind = kind_of(obj)
+    name = getattr(obj, "name", "")
+    if not isinstance(name, str) or not name:
+        raise PluginError(f"plugin '{plugin}' registered {obj!r} without a name")
+    return kind, name
+
+
 def build_registry(pm: pluggy.PluginManager | None = None) -> Registry:
-    """Call every plugin's ``ebmkit_register`` and collect what they register."""
+    """Call every plugin's ``ebmkit_register`` and collect what they register.
+
+    A plugin whose hook raises (``SystemExit`` included; registering something that is not a
+    component included) contributes nothing: what it registered before failing is discarded, the
+    error is recorded in ``Registry.load_errors`` and :func:`plugin_infos`, and the other plugins
+    go on. Two plugins claiming the same name is a conflict the user must resolve: it raises
+    :class:`PluginError` naming both.
+    """
     pm = pm or get_plugin_manager()
     reg = Registry()
-    infos = getattr(pm, "ebmkit_plugin_info", {})
-    for impl in reversed(pm.hook.ebmkit_register.get_hookimpls()):  # registration order
-        info = infos.get(impl.plugin_name, PluginInfo(impl.plugin_name, "", ""))
+    reg.pm = pm
+    infos = getattr(pm, "ebmkit_plugin_info", None)
+    errors = {n: i.error for n, i in (infos or {}).items() if i.error}
+    for impl in reversed(pm.hook.ebmkit_register.get_hookimpls()):
+        info = (infos or {}).get(impl.plugin_name) or PluginInfo(impl.plugin_name, "", "")
+        staged: list[Any] = []  # added to the registry only once the whole hook has succeeded
 
-        def register(obj: Any, _info: PluginInfo = info) -> Any:
-            trace(f"  register {kind_of(obj)} '{getattr(obj, 'name', '?')}' from {_info.name}")
-            return reg.add(obj, plugin=_info.name, dist=_info.dist, version=_info.version)
+        def register(obj: Any, _info: PluginInfo = info, _staged: list[Any] = staged) -> Any:
+            kind, name = _kind_and_name(obj, _info.name)
+            trace(f"  register {kind} '{name}' from {_info.name}")
+            _staged.append(obj)
+            return obj
 
-        call_impl(impl, register=register)
-    reg.load_errors = {n: i.error for n, i in infos.items() if i.error}
+        try:
+            call_impl(impl, register=register)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # this plugin's failure must not take the others down
+            error = _describe(exc)
+            trace(f"  {impl.plugin_name} failed, nothing of it registered: {error}")
+            errors[info.name] = error
+            if infos is not None:
+                infos[info.name] = replace(info, error=error)
+            continue
+        for obj in staged:  # a name another plugin took raises here, naming both
+            reg.add(obj, plugin=info.name, dist=info.dist, version=info.version)
+    reg.load_errors = errors
     return reg
 
 
-_DEFAULT: tuple[pluggy.PluginManager, Registry] | None = None
-
-
-def default() -> tuple[pluggy.PluginManager, Registry]:
-    """The CLI's per-process plugin manager and registry (built on first use)."""
-    global _DEFAULT
-    if _DEFAULT is None:
-        pm = get_plugin_manager()
-        _DEFAULT = (pm, build_registry(pm))
-    return _DEFAULT
-
-
-def default_registry() -> Registry:
-    return default()[1]
+def plugin_callbacks(pm: pluggy.PluginManager, config: Any, out_dir: Any) -> list[Any]:
+    """The training callbacks every plugin's ``ebmkit_callbacks`` contributes, in plugin
+    registration order. Each implementation may return ``None``, one callback or a list of them.
+    One that raises is reported (a warning naming the plugin) and skipped."""
+    out: list[Any] = []
+    for impl in pm.hook.ebmkit_callbacks.get_hookimpls():
+        try:
+            result = call_impl(impl, config=config, out_dir=out_dir)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a plugin's callbacks must not stop training
+            warnings.warn(f"plugin '{impl.plugin_name}' failed to add callbacks: {exc}",
+                          stacklevel=2)
+            continue
+        if result is None:
+            continue
+        if isinstance(result, list | tuple):
+            out.extend(cb for cb in result if cb is not None)
+        else:
+            out.append(result)
+    return out

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .params import build, param, parse_override, to_dict
+from .params import build, dumps_toml, param, parse_override, to_dict
 
 SECTIONS = {"energy": "energy", "sampler": "sampler", "init": "initializer", "data": "dataset"}
 ALL_SECTIONS = (*SECTIONS, "train")
@@ -123,48 +123,152 @@ def apply_overrides(doc: dict, overrides: Iterable[str]) -> dict:
     return doc
 
 
-@dataclass
-class RunSpec:
-    """A validated run: component classes, their configs and the train config."""
+CUSTOM = "custom"  # the name recorded for a component given as an object (not in the registry)
 
-    classes: dict[str, type]
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A validated run: for each section (``energy``, ``sampler``, ``init``, ``data``) the
+    component class and its typed config, plus the :class:`TrainConfig`.
+
+    >>> cfg = RunConfig.from_preset("quick").with_overrides("sampler.steps=60", train={"lr": 2e-4})
+    >>> cfg.train.lr, cfg.configs["sampler"].steps
+    (0.0002, 60)
+    >>> cfg.to_toml("run.toml")
+
+    A component given to :func:`ebmkit.fit` as an object (an ``nn.Module`` energy, a tensor of
+    data) is recorded under the name ``custom`` with its class in ``info``; such a section is not
+    looked up in the registry.
+    """
+
+    classes: dict[str, type | None]
     configs: dict[str, Any]
     train: TrainConfig
-    registry: Any
+    registry: Any = dataclasses.field(default=None, compare=False, repr=False)
+    info: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict, compare=False)
 
-    def document(self) -> dict[str, dict[str, Any]]:
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Mapping[str, Any]], *, registry=None) -> RunConfig:
+        """Validate a document (``{"energy": {"name": ..., ...}, ..., "train": {...}}``; missing
+        sections and keys take the defaults)."""
+        return resolve(doc, _registry(registry))
+
+    @classmethod
+    def from_toml(cls, path: str | Path, *, registry=None) -> RunConfig:
+        return resolve(load_toml(Path(path)), _registry(registry))
+
+    @classmethod
+    def from_preset(cls, name: str, *, registry=None) -> RunConfig:
+        reg = _registry(registry)
+        return resolve(reg.get("preset", name).read(), reg)
+
+    @classmethod
+    def default(cls, *, registry=None) -> RunConfig:
+        return resolve({}, _registry(registry))
+
+    # -- views -------------------------------------------------------------------------------
+    def name(self, section: str) -> str:
+        c = self.classes[section]
+        return c.name if c is not None else CUSTOM
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
         """The fully resolved document (every parameter explicit)."""
-        doc = {}
+        doc: dict[str, dict[str, Any]] = {}
         for section in SECTIONS:
-            doc[section] = {"name": self.classes[section].name, **to_dict(self.configs[section])}
+            if self.classes[section] is None:
+                doc[section] = {"name": CUSTOM, **self.info.get(section, {})}
+            else:
+                doc[section] = {"name": self.classes[section].name, **to_dict(self.configs[section])}
         doc["train"] = to_dict(self.train)
         return doc
 
+    document = to_dict  # the name the checkpoint code has always used
+
+    def to_toml(self, path: str | Path | None = None) -> str:
+        """The document as TOML; also written to ``path`` when given."""
+        text = dumps_toml(self.to_dict())
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    def with_overrides(self, *overrides: str | Mapping[str, Mapping[str, Any]],
+                       **sections: Mapping[str, Any]) -> RunConfig:
+        """A new config with overrides applied: ``"section.key=value"`` strings (the CLI's
+        ``--set``), documents ``{"section": {"key": value}}``, or keyword sections
+        (``train={"lr": 2e-4}``). Changing a component's ``name`` drops the old one's
+        parameters. Custom (object) sections keep their objects' records."""
+        doc = self.to_dict()
+        texts = []
+        for o in overrides:
+            if isinstance(o, str):
+                texts.append(o)
+            elif isinstance(o, Mapping):
+                check_sections(o, "overrides")
+                doc = merge(doc, o)
+            else:
+                raise ConfigError(f"override {o!r}: expected 'section.key=value' or a mapping")
+        if sections:
+            check_sections(sections, "overrides")
+            doc = merge(doc, sections)
+        doc = apply_overrides(doc, texts)
+        return resolve(doc, self.registry)
+
+    # -- building components -----------------------------------------------------------------
+    def _cls(self, section: str) -> type:
+        c = self.classes[section]
+        if c is None:
+            raise ConfigError(f"[{section}] is a custom component ({self.info.get(section, {}).get('class', '?')});"
+                              " pass the object itself")
+        return c
+
     def data_source(self):
-        return self.classes["data"](self.configs["data"])
+        return self._cls("data")(self.configs["data"])
 
     def energy(self, shape):
-        return self.classes["energy"](self.configs["energy"], shape)
+        return self._cls("energy")(self.configs["energy"], shape)
 
     def sampler(self):
-        return self.classes["sampler"](self.configs["sampler"])
+        return self._cls("sampler")(self.configs["sampler"])
 
     def initializer(self, shape):
-        return self.classes["init"](self.configs["init"], shape)
+        return self._cls("init")(self.configs["init"], shape)
+
+    @property
+    def sample_steps(self) -> int | None:
+        """``train.sample_steps`` (the sampling K when set)."""
+        return self.train.sample_steps
+
+
+RunSpec = RunConfig  # the earlier name
+
+
+def _registry(registry):
+    if registry is not None:
+        return registry
+    from .plugins import build_registry
+
+    return build_registry()
 
 
 def resolve(doc: Mapping[str, Mapping[str, Any]], registry) -> RunSpec:
     check_sections(doc, "run config")
     doc = merge(DEFAULT_DOC, doc)
-    classes, configs = {}, {}
+    classes: dict[str, type | None] = {}
+    configs: dict[str, Any] = {}
+    info: dict[str, dict[str, Any]] = {}
     for section, kind in SECTIONS.items():
         table = dict(doc.get(section, {}))
         name = table.pop("name", None)
         if not name:
             raise ConfigError(f"[{section}] needs a name")
+        if name == CUSTOM:  # an object given to fit(): recorded, not rebuilt by name
+            classes[section], configs[section] = None, None
+            info[section] = {k: str(v) for k, v in table.items()}
+            continue
         cls = registry.get(kind, str(name))
         classes[section] = cls
-        if section == "data":
+        if section == "data" and classes["energy"] is not None:
             table = _data_follows_energy(table, cls, classes["energy"])
         configs[section] = build(cls.Config, table, where=section)
     train = build(TrainConfig, doc.get("train", {}), where="train")
@@ -172,7 +276,7 @@ def resolve(doc: Mapping[str, Mapping[str, Any]], registry) -> RunSpec:
         configs = _convergent(configs, classes, train)
         eps = configs["sampler"].step_size
         train = dataclasses.replace(train, lr=train.lr * eps * eps / 2, convergent=False)
-    return RunSpec(classes, configs, train, registry)
+    return RunConfig(classes, configs, train, registry, info)
 
 
 def _data_follows_energy(table: dict, data_cls: type, energy_cls: type) -> dict:
@@ -196,7 +300,7 @@ def _convergent(configs: dict, classes: dict, train: TrainConfig) -> dict:
         raise ConfigError("train.convergent uses SGD without momentum: set train.optimizer=sgd and train.momentum=0")
     e = configs["energy"]
     if not hasattr(e, "scale"):
-        raise ConfigError(f"train.convergent needs an energy with a 'scale' parameter; '{classes['energy'].name}' has none")
+        raise ConfigError(f"train.convergent needs an energy with a 'scale' parameter; '{getattr(classes['energy'], 'name', CUSTOM)}' has none")
     configs = dict(configs)
     configs["energy"] = dataclasses.replace(e, scale=e.scale * 2 / (eps * eps))
     return configs

@@ -8,9 +8,9 @@ import re
 from types import ModuleType
 from typing import Any, ClassVar
 
-from ebmkit import build_registry, get_plugin_manager
-from ebmkit.components import KINDS
-from ebmkit.config import build, params
+from ebmkit.interfaces import KINDS
+from ebmkit.params import build, params
+from ebmkit.plugins import build_registry, get_plugin_manager
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_\-]*$")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from ebmkit import energy_and_grad
+from ebmkit.mcmc import energy_and_grad
 from torch import Tensor
 
 from ._base import ComponentConformance, require

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from ebmkit import EBM, EvalResult
 from ebmkit.builtin.initializers import NoiseConfig, NoiseInit
 from ebmkit.builtin.samplers import Langevin, LangevinConfig
+from ebmkit.interfaces import EvalResult
+from ebmkit.model import EBM
 
 from ._base import ComponentConformance, require
 from .toys import gaussian_energy, gaussian_points

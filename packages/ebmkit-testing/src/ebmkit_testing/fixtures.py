@@ -31,6 +31,19 @@ class CliResult:
         return self.stdout + self.stderr
 
 
+def _cached_registry_homes() -> list[Any]:
+    """The modules that cache the CLI's ``(plugin manager, registry)`` pair in ``_DEFAULT``: the
+    CLI itself (``ebmkit.cli.main``) and, where it still has one, ``ebmkit.plugins``."""
+    import importlib
+
+    homes = []
+    for name in ("ebmkit.cli.main", "ebmkit.plugins"):
+        mod = importlib.import_module(name)
+        if hasattr(mod, "_DEFAULT"):
+            homes.append(mod)
+    return homes
+
+
 class CliRunner:
     """Calls :func:`ebmkit.cli.main.main` with ``argv`` and captures what it prints."""
 
@@ -55,16 +68,17 @@ class CliRunner:
 
     def use(self, *plugins: Any, entry_points: bool = False, block: Iterable[str] | None = None) -> None:
         """Make the CLI see only ``plugins`` (and, with ``entry_points=True``, installed ones)."""
-        from ebmkit import plugins as P
+        from ebmkit.plugins import build_registry, get_plugin_manager
 
-        pm = P.get_plugin_manager(entry_points=entry_points, plugins=plugins, block=block)
-        self._mp.setattr(P, "_DEFAULT", (pm, P.build_registry(pm)))
+        pm = get_plugin_manager(entry_points=entry_points, plugins=plugins, block=block)
+        pair = (pm, build_registry(pm))
+        for home in _cached_registry_homes():
+            self._mp.setattr(home, "_DEFAULT", pair)
 
     def fresh(self) -> None:
         """Forget the cached plugin manager, so the next call rediscovers entry points."""
-        from ebmkit import plugins as P
-
-        self._mp.setattr(P, "_DEFAULT", None)
+        for home in _cached_registry_homes():
+            self._mp.setattr(home, "_DEFAULT", None)
 
     def __call__(self, *args: str) -> CliResult:
         import importlib
@@ -79,7 +93,7 @@ class CliRunner:
 @pytest.fixture
 def ebmkit_plugin_manager() -> Callable[..., Any]:
     """Factory: ``ebmkit_plugin_manager(my_plugin_module)`` -> a fresh ``pluggy.PluginManager``."""
-    from ebmkit import get_plugin_manager
+    from ebmkit.plugins import get_plugin_manager
 
     def make(*plugins: Any, entry_points: bool = False, block: Iterable[str] | None = None):
         return get_plugin_manager(entry_points=entry_points, plugins=plugins,
@@ -91,7 +105,7 @@ def ebmkit_plugin_manager() -> Callable[..., Any]:
 @pytest.fixture
 def ebmkit_registry(ebmkit_plugin_manager) -> Callable[..., Any]:
     """Factory: ``ebmkit_registry(my_plugin_module)`` -> the registry those plugins fill."""
-    from ebmkit import build_registry
+    from ebmkit.plugins import build_registry
 
     def make(*plugins: Any, entry_points: bool = False, block: Iterable[str] | None = None):
         return build_registry(ebmkit_plugin_manager(*plugins, entry_points=entry_points, block=block))
@@ -102,9 +116,8 @@ def ebmkit_registry(ebmkit_plugin_manager) -> Callable[..., Any]:
 @pytest.fixture
 def ebmkit_cli(monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
     """An in-process ``ebmkit`` runner; the CLI's cached registry is restored afterwards."""
-    from ebmkit import plugins as P
-
-    monkeypatch.setattr(P, "_DEFAULT", None)
+    for home in _cached_registry_homes():
+        monkeypatch.setattr(home, "_DEFAULT", None)
     for var in ("EBMKIT_BLOCK_PLUGINS", "EBMKIT_TRACE_HOOKS"):
         if var in os.environ:
             monkeypatch.delenv(var)

@@ -1,11 +1,15 @@
 """Conformance suite for initializers: ``sample(n) -> [n, *shape]``, reproducible with a
-generator, ``update`` accepts end states, ``state_dict`` is tensors only and round-trips."""
+generator, ``update`` accepts end states, ``state_dict`` is tensors only and round-trips, and
+the properties the trainer, the loader and the evaluators read: ``needs_data``, ``prior``,
+``capacity`` and ``standalone()``."""
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
 import torch
+from ebmkit.errors import EbmkitError
+from ebmkit.interfaces import Initializer, Prior
 from torch import Tensor
 
 from ._base import ComponentConformance, require
@@ -18,8 +22,9 @@ class InitializerConformance(ComponentConformance):
             component = MyInit
             config = {"buffer_size": 64}
 
-    ``random = False`` declares an initializer that is deterministic given its data.
-    ``needs_data = True`` says ``sample`` needs the data batch (the suite always passes one).
+    ``random = False`` declares an initializer that is deterministic given its data. The suite
+    passes a data batch to ``sample`` everywhere except in the checks of ``needs_data`` (the
+    component's own class attribute) and ``standalone()``.
     """
 
     kind = "initializer"
@@ -98,3 +103,93 @@ class InitializerConformance(ComponentConformance):
                          generator=torch.Generator().manual_seed(9), device="cpu")
         require(torch.equal(a, b), "load_state_dict(state_dict()) restores the initializer: the"
                 " same generator then gives the same chain starts (resume depends on it)")
+
+    # the properties the trainer, the loader and the evaluators read ----------------------------
+    def test_needs_data_is_declared_truthfully(self):
+        """``needs_data = True``: ``sample`` without data raises a clear error (a ``ValueError``
+        or an ``EbmkitError`` saying so, not a ``TypeError`` from indexing ``None``).
+        ``needs_data = False``: ``sample`` works without data (after ``setup``)."""
+        needs = self.component.needs_data
+        require(isinstance(needs, bool), f"`needs_data` is a bool class attribute; got {needs!r}")
+        init, g = self._ready()
+        if needs:
+            try:
+                init.sample(self.n, generator=g, device="cpu")
+            except (ValueError, EbmkitError) as exc:
+                require(str(exc).strip(), "the error for a missing data batch says what is missing")
+                return
+            except Exception as exc:  # noqa: BLE001 - the wrong kind of error
+                raise AssertionError(
+                    "ebmkit contract: with needs_data = True, sample() without data raises a clear"
+                    " ValueError (or ebmkit error) saying it needs the data batch; got"
+                    f" {type(exc).__name__}: {exc}") from exc
+            raise AssertionError("ebmkit contract: needs_data = True, but sample() without data"
+                                 " worked: declare needs_data = False (then standalone sampling"
+                                 " uses this initializer itself)")
+        try:
+            x = init.sample(self.n, generator=g, device="cpu")
+        except Exception as exc:  # noqa: BLE001 - reported as a contract failure
+            raise AssertionError(
+                "ebmkit contract: needs_data = False, so sample(n) must work without a data batch"
+                f" (or declare needs_data = True); it raised {type(exc).__name__}: {exc}") from exc
+        require(isinstance(x, Tensor) and tuple(x.shape) == (self.n, *self.shape),
+                f"sample(n) without data returns [n, *shape] = {(self.n, *self.shape)}")
+
+    def test_prior(self):
+        """``prior`` is ``None`` or an :class:`ebmkit.Prior` of this shape, whose ``sample(n)`` is
+        ``[n, *shape]`` with finite ``log_prob``."""
+        for init in (self.make_initializer(), self._ready()[0]):
+            prior = init.prior
+            if prior is None:
+                continue
+            require(isinstance(prior, Prior),
+                    f"`prior` is None or an ebmkit.Prior (the noise law p0 of fresh chains); got"
+                    f" {type(prior).__name__}")
+            require(tuple(prior.shape) == tuple(self.shape),
+                    f"the prior's shape is one example's shape {tuple(self.shape)}; got"
+                    f" {tuple(prior.shape)}")
+            z = prior.sample(self.n, generator=torch.Generator().manual_seed(0))
+            require(tuple(z.shape) == (self.n, *self.shape),
+                    f"prior.sample(n) is [n, *shape]; got {tuple(z.shape)}")
+            lp = prior.log_prob(z)
+            require(tuple(lp.shape) == (self.n,) and bool(torch.isfinite(lp).all()),
+                    "prior.log_prob of the prior's own draws is finite, one value per draw")
+
+    def test_capacity(self):
+        """``capacity`` is ``None`` (any number of chains) or a positive int, and ``sample``
+        returns that many chains."""
+        init, g = self._ready()
+        cap = init.capacity
+        require(cap is None or (isinstance(cap, int) and not isinstance(cap, bool) and cap > 0),
+                f"`capacity` is None or a positive int (the most chains one sample() call can"
+                f" return); got {cap!r}")
+        if cap is None:
+            return
+        x = init.sample(cap, data=self.make_data(cap), generator=g, device="cpu")
+        require(tuple(x.shape) == (cap, *self.shape),
+                f"sample(capacity) returns capacity = {cap} chains; got {tuple(x.shape)}")
+
+    def test_standalone(self):
+        """``standalone()`` (chain starts for a trained model: ``ebmkit sample``, ``ebmkit.load``)
+        returns an Initializer whose ``sample(n)`` works without data, for a fresh initializer
+        (a model file alone) and for one that was set up (a restored run), in the dtype of the
+        chain starts it gives in training."""
+        dtype = self._sample(*self._ready()).dtype
+        for what, init in (("a fresh", self.make_initializer()), ("a set-up", self._ready()[0])):
+            alone = init.standalone()
+            require(isinstance(alone, Initializer),
+                    f"standalone() of {what} initializer returns an ebmkit.Initializer; got"
+                    f" {type(alone).__name__}")
+            n = min(self.n, alone.capacity or self.n)
+            try:
+                x = alone.sample(n, generator=torch.Generator().manual_seed(1), device="cpu")
+            except Exception as exc:  # noqa: BLE001 - reported as a contract failure
+                raise AssertionError(
+                    f"ebmkit contract: standalone() of {what} initializer must start chains"
+                    " without data (fall back to the prior when this initializer cannot);"
+                    f" sample() raised {type(exc).__name__}: {exc}") from exc
+            require(isinstance(x, Tensor) and tuple(x.shape) == (n, *self.shape),
+                    f"standalone().sample(n) returns [n, *shape] = {(n, *self.shape)}")
+            require(x.dtype == dtype and bool(torch.isfinite(x).all()),
+                    f"standalone chain starts are finite, in the dtype of the training starts"
+                    f" ({dtype}); got {x.dtype}")

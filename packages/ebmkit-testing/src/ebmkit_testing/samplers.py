@@ -12,24 +12,34 @@ A plugin checks its sampler in a few lines::
 
 The checks: shape/dtype/device/layout preservation, ``x0`` untouched, no gradient leakage into
 the energy's parameters and no graph kept, determinism under a seeded generator (and no use of
-the global RNG), ``run`` equal to ``init`` + ``step``, valid per-chain statistics, rejection of
-divergent proposals (Metropolis samplers), second-order differentiability in ``differentiable``
-mode, and statistical correctness on an anisotropic Gaussian at two temperatures: an exact sampler
-(``exact = True``) must leave the target invariant; an unadjusted one may declare its known
-bias through ``gaussian_variance(variance, steps, initial_variance)`` (as ``langevin`` does),
-otherwise that check is skipped.
+the global RNG), the RNG rules of :mod:`ebmkit.mcmc` (draws on the generator's device — a CPU
+generator drives chains on any device — and in the standard layout, so a channels-last batch
+gives the same chain), ``run`` equal to ``init`` + ``step``, valid per-chain statistics, an
+``exact`` declaration that matches the acceptances reported, ``grad_coef`` (``None`` or a
+finite positive float; optionally, ``grad_coef_is_step = True``: a noise-free step from rest
+moves by exactly ``−grad_coef·∇U/T``), rejection of divergent proposals (Metropolis samplers),
+second-order differentiability in ``differentiable`` mode, and statistical correctness on an
+anisotropic Gaussian at two temperatures: an exact sampler (``exact = True``) must leave the
+target invariant, at a step size where its Metropolis test rejects (acceptance at most
+``max_accept_rate``); an unadjusted one may declare its known bias through
+``gaussian_variance(variance, steps, initial_variance)`` (as ``langevin`` does), otherwise
+that check is skipped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import numbers
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pytest
 import torch
-from ebmkit.components import ChainResult, Sampler
-from ebmkit.config import build, params
+from ebmkit.interfaces import Sampler
+from ebmkit.mcmc import ChainResult, energy_and_grad
+from ebmkit.params import build, params
 from torch import Tensor, nn
 
 from ._base import ComponentConformance, require
@@ -117,6 +127,74 @@ def mc_tolerance(values: Tensor, expected_var: Tensor, n_sd: float = 4.0) -> tup
     return n_sd * (expected_var / b).sqrt(), n_sd * expected_var * math.sqrt(2 / (b - 1))
 
 
+# --------------------------------------------------------------------------------------------
+# watching RNG draws
+# --------------------------------------------------------------------------------------------
+_RNG_FUNCTIONS = ("randn", "rand", "randint", "randperm", "normal", "bernoulli", "multinomial",
+                  "poisson", "randn_like", "rand_like", "randint_like")
+_RNG_METHODS = ("normal_", "uniform_", "bernoulli_", "exponential_", "geometric_", "log_normal_",
+                "cauchy_", "random_")
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One RNG call made with an explicit generator: where the generator lives and where the
+    drawn tensor was made."""
+
+    function: str
+    generator_device: torch.device
+    tensor_device: torch.device
+
+    @property
+    def off_device(self) -> bool:
+        return self.generator_device != self.tensor_device
+
+
+@contextlib.contextmanager
+def watch_generator_draws() -> Iterator[list[Draw]]:
+    """Record every ``torch.<rng>(..., generator=g)`` / ``tensor.<rng>_(generator=g)`` call made
+    inside the block (``torch.randn``, ``torch.rand``, ``torch.normal``, ``Tensor.normal_``, ...).
+
+    A draw whose tensor is made on another device than its generator breaks the rule of
+    :mod:`ebmkit.mcmc` (draw on the generator's device, then move). On a GPU such a call fails;
+    on the ``meta`` device it silently succeeds, which is why the kit watches the calls.
+    Calls through a name bound before the block (``from torch import randn``) are not seen.
+    """
+    draws: list[Draw] = []
+
+    def watch(name: str, fn: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            out = fn(*args, **kwargs)
+            gen = kwargs.get("generator")
+            if isinstance(gen, torch.Generator) and isinstance(out, Tensor):
+                draws.append(Draw(name, gen.device, out.device))
+            return out
+
+        return wrapper
+
+    saved_fns = {n: getattr(torch, n) for n in _RNG_FUNCTIONS if hasattr(torch, n)}
+    saved_methods = {n: torch.Tensor.__dict__.get(n) for n in _RNG_METHODS if hasattr(Tensor, n)}
+    try:
+        for n, fn in saved_fns.items():
+            setattr(torch, n, watch(f"torch.{n}", fn))
+        for n in saved_methods:
+            setattr(torch.Tensor, n, watch(f"Tensor.{n}", getattr(torch.Tensor, n)))
+        yield draws
+    finally:
+        for n, fn in saved_fns.items():
+            setattr(torch, n, fn)
+        for n, orig in saved_methods.items():
+            if orig is None:
+                delattr(torch.Tensor, n)
+            else:
+                setattr(torch.Tensor, n, orig)
+
+
+_RNG_RULE = ("draw on the generator's device, then move the draw to the chains' device, in the"
+             " standard layout: use ebmkit.mcmc.randn_like_on / rand_like_on / rand_chains, never"
+             " torch.randn(x.shape, generator=g, device=x.device)")
+
+
 class SamplerConformance(ComponentConformance):
     """Checks a sampler against the ebmkit sampler contract (see the module docstring)."""
 
@@ -129,6 +207,15 @@ class SamplerConformance(ComponentConformance):
     #: chains and steps for the statistical check (independent chains, one draw each)
     chains: ClassVar[int] = 4000
     stat_steps: ClassVar[int] = 20
+    #: exact samplers: the highest acceptance rate at which the Gaussian check is informative.
+    #: Near acceptance 1 a Metropolis-adjusted chain is its unadjusted proposal, and at a small
+    #: step that one's bias is below what 4,000 chains resolve: a wrong reverse-proposal term or
+    #: an accept decision shared across chains would pass. ``None`` turns the requirement off.
+    max_accept_rate: ClassVar[float | None] = 0.9
+    #: opt-in: with the noise off, one step from ``x`` (at rest, for samplers with a momentum)
+    #: moves it by exactly ``−grad_coef·∇U(x)/T`` (true of ``langevin``, ``mala`` and
+    #: ``underdamped``; not of HMC with several leapfrog steps).
+    grad_coef_is_step: ClassVar[bool] = False
 
     # helpers --------------------------------------------------------------------------------
     @pytest.fixture(autouse=True)
@@ -182,18 +269,83 @@ class SamplerConformance(ComponentConformance):
             require(r.steps == self.steps, "result.steps is the number of steps run")
 
     def test_channels_last_images(self):
-        """An image batch in channels-last layout comes back in that layout, same values."""
-        s = self.make_sampler()
+        """An image batch in channels-last layout comes back in that layout, and the same seed
+        gives the same chain as for the contiguous batch: noise is drawn in the standard layout.
+        A sampler with a ``memory_format`` parameter is also run with ``preserve``, so that its
+        chains really run in the two layouts."""
+        layouts = [{}] + ([{"memory_format": "preserve"}] if self.has_param("memory_format") else [])
         shape = (3, 4, 4)
         e = self.energy_for(shape)
         x0 = self.start(shape)
-        r1 = s.run(e, x0, self.steps, generator=self.gen(1))
-        r2 = s.run(e, x0.contiguous(memory_format=torch.channels_last), self.steps,
-                   generator=self.gen(1))
-        require(r2.x.is_contiguous(memory_format=torch.channels_last),
-                "a channels-last x0 gives a channels-last result")
-        require(torch.allclose(r1.x, r2.x, atol=1e-5, rtol=1e-5),
-                "the memory layout of x0 does not change the chain")
+        for overrides in layouts:
+            s = self.make_sampler(**overrides)
+            r1 = s.run(e, x0, self.steps, generator=self.gen(1))
+            r2 = s.run(e, x0.contiguous(memory_format=torch.channels_last), self.steps,
+                       generator=self.gen(1))
+            require(r2.x.is_contiguous(memory_format=torch.channels_last),
+                    "a channels-last x0 gives a channels-last result")
+            require(torch.allclose(r1.x, r2.x, atol=1e-5, rtol=1e-5),
+                    "the same generator seed gives the same chain for a contiguous and a"
+                    f" channels-last x0 (config {overrides or 'as given'}): draw noise in the"
+                    " standard layout (ebmkit.mcmc.randn_like_on), never shaped like the chains"
+                    " (torch.randn_like(x), torch.empty_like(x).normal_(), which fill memory in"
+                    " x's stride order)")
+
+    def _run_and_step(self, s: Sampler, e: nn.Module, x0: Tensor, g: torch.Generator) -> ChainResult:
+        r = s.run(e, x0, self.steps, generator=g)
+        state = s.init(e, x0.clone())
+        for _ in range(2):
+            state, _ = s.step(e, state, generator=g)
+        return r
+
+    def test_cpu_generator_drives_chains_on_another_device(self):
+        """Rule 2 of :mod:`ebmkit.mcmc`, checked without a GPU: chains on the ``meta`` device
+        (shapes only, no data), the generator on the CPU. Every draw made with the generator
+        must be made on the CPU (then moved); the call ``torch.randn(..., generator=g,
+        device=x.device)``, which fails for CUDA chains, is caught here."""
+        s = self.make_sampler()
+        shape = (3, 4, 4)
+        e = self.energy_for(shape).to("meta")
+        x0 = self.start(shape).to("meta")
+        error: Exception | None = None
+        with watch_generator_draws() as draws:
+            try:
+                r = self._run_and_step(s, e, x0, self.gen(1))
+            except Exception as exc:  # noqa: BLE001 - classified below
+                error = exc
+        wrong = sorted({f"{d.function} on {d.tensor_device.type}" for d in draws if d.off_device})
+        require(not wrong,
+                "a CPU generator may drive chains on another device: with chains on 'meta' and"
+                f" a CPU generator the sampler drew {', '.join(wrong)}; {_RNG_RULE}")
+        if error is not None:
+            if "generator" in str(error).lower():
+                raise AssertionError(f"ebmkit contract: a CPU generator may drive chains on"
+                                     f" another device; {_RNG_RULE}: {error}") from error
+            pytest.skip("the sampler does not run on the 'meta' device (a host sync such as"
+                        f" .item() or bool(tensor)?), so this check cannot run here: {error}")
+        require(r.x.device == x0.device and r.x.shape == x0.shape,
+                "run keeps x0's device and shape when the generator lives on another device")
+
+    @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+    def test_cpu_generator_drives_cuda_chains(self):
+        """Rule 2 of :mod:`ebmkit.mcmc` on a GPU: a CPU generator drives CUDA chains, and the
+        same seed gives the same chains as on the CPU (float64; at least 95 % of the chains
+        agree to 1e-6, leaving room for a Metropolis decision flipped by rounding)."""
+        s = self.make_sampler()
+        e = self.energy_for((2,), dtype=torch.float64)
+        x0 = self.start((2,), n=64, dtype=torch.float64)
+        ref = s.run(e, x0, self.steps, generator=self.gen(5))
+        try:
+            got = s.run(self.energy_for((2,), dtype=torch.float64, device="cuda"), x0.cuda(),
+                        self.steps, generator=self.gen(5))
+        except RuntimeError as exc:
+            raise AssertionError(f"ebmkit contract: a CPU generator may drive CUDA chains;"
+                                 f" {_RNG_RULE}: {exc}") from exc
+        require(got.x.device.type == "cuda", "run keeps x0's device (cuda)")
+        agree = ((got.x.cpu() - ref.x).abs().amax(dim=1) < 1e-6).double().mean()
+        require(float(agree) >= 0.95,
+                "the same CPU generator seed gives the same chains on CUDA as on the CPU"
+                f" ({float(agree):.0%} of the chains agree); {_RNG_RULE}")
 
     def test_leaves_energy_and_x0_alone(self):
         s = self.make_sampler()
@@ -277,6 +429,61 @@ class SamplerConformance(ComponentConformance):
                 ((r.per_chain_accept_rate >= 0) & (r.per_chain_accept_rate <= 1)).all()),
                 "per-chain acceptance rates lie in [0, 1]")
 
+    def test_acceptances_are_reported_only_by_exact_samplers(self):
+        """Reporting acceptances means the sampler has a Metropolis test: it must say
+        ``exact = True``, so the kit holds it to the exact law (an unadjusted sampler that
+        reports acceptances would skip the checks an exact one must pass)."""
+        exact = self.component.exact
+        require(isinstance(exact, bool), f"`exact` is a bool class attribute; got {exact!r}")
+        s = self.make_sampler()
+        e = self.energy_for((2,))
+        x0 = self.start((2,), n=16)
+        r = s.run(e, x0, self.steps, generator=self.gen(2))
+        _, info = s.step(e, s.init(e, x0.clone()), generator=self.gen(2))
+        reported = [name for name, v in (
+            ("ChainResult.accept_rate", r.accept_rate),
+            ("ChainResult.per_chain_accept_rate", r.per_chain_accept_rate),
+            ("StepInfo.accepted", info.accepted),
+            ("StepInfo.accept_prob", info.accept_prob),
+        ) if v is not None]
+        require(exact or not reported,
+                f"the sampler reports acceptances ({', '.join(reported)}) but leaves"
+                " `exact = False`: a sampler with a Metropolis test declares `exact = True`, so"
+                " that the kit checks it leaves the target invariant and rejects divergent"
+                " proposals; an unadjusted sampler reports no acceptances")
+
+    def test_grad_coef_is_none_or_positive(self):
+        a = self.make_sampler().grad_coef
+        require(a is None or (isinstance(a, numbers.Real) and not isinstance(a, bool)
+                              and math.isfinite(a) and a > 0),
+                "`grad_coef` (the gradient coefficient a: one step moves the chain by −a·∇U/T"
+                " plus noise; the trainer reports r_t = a·v_t) is None or a finite positive"
+                f" Python float; got {a!r}")
+
+    def test_noise_free_step_moves_by_grad_coef(self):
+        """Opt-in (``grad_coef_is_step = True``): with the noise off, one step from ``x`` moves
+        it by exactly ``−grad_coef·∇U(x)/T``, through ``run`` and through ``step``."""
+        if not self.grad_coef_is_step:
+            pytest.skip("set `grad_coef_is_step = True` where one noise-free step is a gradient"
+                        " step of size grad_coef")
+        temps = [1.0] + ([2.0] if self.has_param("temperature") else [])
+        e = self.energy_for((3,), dtype=torch.float64, quartic=0.1)
+        x0 = self.start((3,), n=8, dtype=torch.float64)
+        for t in temps:
+            s = self.make_sampler(**({"temperature": t} if t != 1.0 else {}))
+            a = s.grad_coef
+            require(a is not None, "grad_coef_is_step = True needs a grad_coef")
+            _, g = energy_and_grad(e, x0, temperature=t)
+            expected = x0 - a * g
+            via_run = s.run(e, x0, 1, noise=False).x
+            via_step = s.step(e, s.init(e, x0.clone()), noise=False)[0].x
+            for how, x1 in (("run", via_run), ("step", via_step)):
+                require(torch.allclose(x1, expected, atol=1e-10, rtol=1e-8),
+                        f"with the noise off, one step ({how}, T = {t}) moves x by"
+                        f" −grad_coef·∇U/T (grad_coef = {a}); max deviation"
+                        f" {float((x1 - expected).abs().max()):.3g}. grad_coef must be the"
+                        " coefficient of the gradient in the step's move")
+
     def test_zero_steps(self):
         s = self.make_sampler()
         e = self.energy_for((2,))
@@ -356,3 +563,12 @@ class SamplerConformance(ComponentConformance):
         require(bool((var_err < tol_v).all()),
                 f"variance within 4 standard errors of {expected.tolist()}: got"
                 f" {r.x.var(0).tolist()} (tolerance {tol_v.tolist()})")
+        if s.exact and self.max_accept_rate is not None and r.accept_rate is not None:
+            acc = float(r.accept_rate)
+            require(acc <= self.max_accept_rate,
+                    f"the Gaussian check tests the Metropolis correction only where it rejects:"
+                    f" at acceptance {acc:.3f} (T = {temperature}) an exact sampler is"
+                    " indistinguishable from its unadjusted proposal, so a wrong reverse-proposal"
+                    " term or an accept decision shared across chains would pass. Raise the step"
+                    " size in the suite's `config` (acceptance about 0.5-0.8 at T = 1; at most"
+                    f" max_accept_rate = {self.max_accept_rate} at T = 1 and 2)")

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from ebmkit import DataSource, Energy, param
+from ebmkit.interfaces import DataSource, Energy
+from ebmkit.params import param
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 

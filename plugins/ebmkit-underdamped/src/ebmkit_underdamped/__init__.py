@@ -4,7 +4,7 @@ This module is the plugin: ``pyproject.toml`` lists it under ``[project.entry-po
 and ebmkit calls its ``ebmkit_register`` hook. It uses only ebmkit's public API.
 """
 
-from ebmkit import hookimpl
+from ebmkit.hookspecs import hookimpl
 
 from .sampler import INTEGRATORS, Underdamped, UnderdampedConfig, gaussian_stationary_variance
 

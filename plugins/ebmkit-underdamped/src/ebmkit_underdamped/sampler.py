@@ -24,6 +24,21 @@ stationary Lyapunov equation of the linear one-step map gives, for any friction 
 * OBABO: ``Var x = s² / (1 − h²/(4s²))``, ``Var p = 1`` exactly.
 
 :func:`gaussian_stationary_variance` returns these; the tests check the sampler against them.
+
+Gradient coefficient (:attr:`Underdamped.grad_coef`, for the trainer's ``r_t = a·v_t``): the
+part of one step's position move that is linear in the gradient ``g = ∇V(x)`` at the step's
+start. BAOAB: ``x' = x + (h/2)(1 + c) p − (1 + c)(h²/4) g + (h/2) s ξ`` with ``c = exp(−γh)``,
+so ``a = (1 + c) h²/4`` — ``h²/2`` without friction (velocity Verlet, HMC's ``ε²/2``),
+``h²/4`` in the overdamped limit. OBABO: ``x' = x + h(c' p + s' ξ) − (h²/2) g`` with
+``c' = exp(−γh/2)``, so ``a = h²/2``. From rest (``p = 0``, the default start) with the noise
+off, the first step moves ``x`` by exactly ``−a g``. The momentum also carries the earlier
+steps' gradients: in a constant gradient field both splittings settle to a drift of
+``(h²/2)(1 + c)/(1 − c) ≈ h/γ`` (small ``γh``) times ``g`` per step; ``a`` measures only the
+current gradient's direct share.
+
+Randomness: every draw goes through :func:`ebmkit.mcmc.randn_like_on` — on the generator's
+device, in the standard layout, then moved — so a CPU generator drives chains on any device
+and the same seed gives the same chain in any memory layout.
 """
 
 from __future__ import annotations
@@ -32,7 +47,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-from ebmkit import ChainState, Sampler, StepInfo, chain_grad_norm, energy_and_grad, param
+from ebmkit.interfaces import Sampler
+from ebmkit.mcmc import ChainState, StepInfo, chain_grad_norm, energy_and_grad, randn_like_on
+from ebmkit.params import param
 from torch import Tensor, nn
 
 INTEGRATORS = ("baoab", "obabo")
@@ -82,11 +99,20 @@ class Underdamped(Sampler):
             state.extra["fresh"] = torch.ones((), dtype=torch.bool, device=x0.device)
         return state
 
+    @property
+    def grad_coef(self) -> float:
+        """Gradient coefficient ``a`` of one step: the position moves by ``−a·∇U/T`` plus the
+        momentum's and the noise's share (BAOAB ``(1 + e^{−γh}) h²/4``, OBABO ``h²/2``; the
+        derivation is in the module docstring)."""
+        h = self.h
+        if self.config.integrator == "baoab":
+            return (1.0 + self.c) * h * h / 4
+        return h * h / 2
+
     def _ou(self, p: Tensor, noise: bool, generator: torch.Generator | None) -> Tensor:
         p = self.c * p
         if noise and self.s > 0:
-            p = p + self.s * torch.randn(p.shape, generator=generator, device=p.device,
-                                         dtype=p.dtype)
+            p = p + self.s * randn_like_on(p, generator)
         return p
 
     def step(
@@ -101,7 +127,7 @@ class Underdamped(Sampler):
         h, x, g = self.h, state.x, state.grad
         p = state.extra["momentum"]
         if "fresh" in state.extra and noise:
-            p = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            p = randn_like_on(x, generator)
         gn = chain_grad_norm(g.detach())
         T = self.temperature
         if self.config.integrator == "baoab":
@@ -118,10 +144,9 @@ class Underdamped(Sampler):
             u, g = energy_and_grad(energy, x, temperature=T, create_graph=differentiable)
             p = p - (h / 2) * g
             p = self._ou(p, noise, generator)
-        divergent = ~torch.isfinite(u)
+        divergent = ~(torch.isfinite(u.detach()) & torch.isfinite(gn))
         new = ChainState(x=x, energy=u, grad=g, extra={"momentum": p})
         return new, StepInfo(grad_norm=gn, energy=u, divergent=divergent)
-
 
     # --- known bias -------------------------------------------------------------------------
     def step_map(self, variance: float) -> tuple[list[list[float]], list[list[float]]]:

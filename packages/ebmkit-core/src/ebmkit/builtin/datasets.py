@@ -446,9 +446,3 @@ def ebmkit_register(register):
     for cls in BUILTIN:
         register(cls)
 
-
-@hookimpl
-def ebmkit_cli(app):
-    from ..datacli import data_app
-
-    app.add_typer(data_app, name="data")

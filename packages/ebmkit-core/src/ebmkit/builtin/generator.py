@@ -22,7 +22,9 @@ from ..errors import ConfigError
 from ..evaluation import data_batch, write_metrics
 from ..hookspecs import hookimpl
 from ..images import save_grid
-from ..interfaces import EBM, EvalResult, Evaluator, frozen
+from ..interfaces import EvalResult, Evaluator
+from ..mcmc import frozen
+from ..model import EBM
 from ..params import param
 
 

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
+from ..evaluation import data_batch, write_metrics
 from ..hookspecs import hookimpl
 from ..images import save_grid
 from ..interfaces import EvalResult, Evaluator
@@ -85,9 +86,10 @@ class LongRun(Evaluator):
 
     @staticmethod
     def _plot(traj: Tensor, m: dict, path: Path) -> Path:
-        from ..plotting import pyplot, save_figure
+        from ..plotting import new_figure, save_figure
 
-        fig, ax = pyplot().subplots(figsize=(6, 3.5))
+        fig = new_figure(figsize=(6, 3.5))
+        ax = fig.subplots()
         ax.plot(range(1, len(traj) + 1), traj.numpy(), lw=1, label="mean U along the long run")
         ax.axhline(m["energy_short"], color="C1", ls="--", lw=1, label="short-run samples")
         if "energy_data" in m:

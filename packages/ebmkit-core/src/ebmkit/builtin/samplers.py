@@ -15,6 +15,7 @@ a warm-up (dual averaging, Hoffman & Gelman 2014, Alg. 5; off by default).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -22,11 +23,11 @@ import torch
 from torch import Tensor, nn
 
 from ..hookspecs import hookimpl
-from ..interfaces import (
+from ..interfaces import Sampler
+from ..mcmc import (
     MEMORY_FORMATS,
     ChainState,
     ChainStats,
-    Sampler,
     StepInfo,
     chain_grad_norm,
     chain_sum,
@@ -97,12 +98,30 @@ class LangevinConfig:
         return a, b
 
 
+def _nonfinite(energy: Tensor, grad_norm: Tensor) -> Tensor:
+    """``[B]`` bool: the chain's energy or gradient norm is inf/NaN (two ``[B]`` checks: cheap)."""
+    return ~(torch.isfinite(energy) & torch.isfinite(grad_norm))
+
+
+def _nonfinite_states(x: Tensor) -> Tensor:
+    """``[B]`` bool: some coordinate of the chain's state is inf/NaN (one pass over ``x``)."""
+    ok = torch.isfinite(x)
+    return ~(ok.all(dim=tuple(range(1, x.ndim))) if x.ndim > 1 else ok)
+
+
 class Langevin(Sampler):
     """``x ← x − a·∇U(x)/T + b·z`` with ``(a, b) = (ε²/2, τε)`` or ``(grad_coef, noise_std)``.
 
     Unadjusted: its stationary law is biased by the discretisation (see
     :meth:`gaussian_variance`). ``run`` is a fused loop with exactly K gradient evaluations and
     in-place updates; ``step`` is the explicit one-step API and gives the same chain.
+
+    Divergence: a chain is flagged in ``ChainResult.divergent`` / ``StepInfo.divergent`` when its
+    energy ``U(x_{k+1})`` or gradient norm ``‖∇U(x_k)‖`` becomes inf/NaN (each step: two checks of
+    ``[B]`` vectors it computes anyway, accumulated on the device, no host sync), or its state
+    does (``run``: one check of the final states; ``step``: of each new state). A non-finite
+    state makes the next gradient non-finite, so ``run`` misses a non-finite intermediate state
+    only where clamping turned an infinite coordinate finite.
     """
 
     name = "langevin"
@@ -136,8 +155,9 @@ class Langevin(Sampler):
         return x
 
     def _autocast(self, x: Tensor):
-        return torch.autocast(x.device.type, dtype=torch.bfloat16,
-                              enabled=self.config.precision == "bf16")
+        if self.config.precision != "bf16":  # no autocast context at all in fp32 (any device)
+            return contextlib.nullcontext()
+        return torch.autocast(x.device.type, dtype=torch.bfloat16)
 
     def step(self, energy: nn.Module, state: ChainState, *, generator=None, noise=True,
              differentiable=False):
@@ -147,7 +167,9 @@ class Langevin(Sampler):
             u, g = energy_and_grad(energy, x, temperature=self.temperature,
                                    create_graph=differentiable)
         u = u.to(x.dtype)
-        return ChainState(x=x, energy=u, grad=g), StepInfo(grad_norm=gn, energy=u)
+        divergent = _nonfinite(u.detach(), gn) | _nonfinite_states(x.detach())
+        return ChainState(x=x, energy=u, grad=g), StepInfo(grad_norm=gn, energy=u,
+                                                           divergent=divergent)
 
     def init(self, energy: nn.Module, x0: Tensor, *, differentiable: bool = False) -> ChainState:
         with self._autocast(x0):
@@ -176,9 +198,10 @@ class Langevin(Sampler):
                     if t != 1.0:
                         u = u / t
                     (g,) = torch.autograd.grad(u.sum(), x)
-                u = u.to(x.dtype)
+                u = u.to(x.dtype).detach()
                 if pending is not None:
-                    stats.add(StepInfo(grad_norm=pending, energy=u.detach()))
+                    stats.add(StepInfo(grad_norm=pending, energy=u,
+                                       divergent=_nonfinite(u, pending)))
                 pending = chain_grad_norm(g)
                 with torch.no_grad():
                     self._move(x, g, generator, noise, inplace=True)
@@ -193,7 +216,8 @@ class Langevin(Sampler):
                     u = energy(x)
                     u = u / t if t != 1.0 else u
                 u = u.to(x.dtype)
-                stats.add(StepInfo(grad_norm=pending, energy=u))
+                stats.add(StepInfo(grad_norm=pending, energy=u, divergent=_nonfinite(u, pending)))
+                stats.flag(_nonfinite_states(x))
         return stats.result(self.restore_layout(x, x0), u)
 
     def gaussian_variance(self, variance: float, steps: int | None = None,

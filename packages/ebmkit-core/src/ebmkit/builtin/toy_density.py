@@ -247,12 +247,12 @@ class ToyDensity(Evaluator):
 
 def plot_panel(grid: Grid, logs: dict[str, Tensor], path: Path, *, title: str = "") -> Path:
     """The papers' panel: density (top) and log-density (bottom) of each field; 1-D as curves."""
-    from ..plotting import pyplot, save_figure
+    from ..plotting import new_figure, save_figure
 
-    plt = pyplot()
     a = grid.axis.numpy()
     if grid.dim == 1:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        fig = new_figure(figsize=(10, 3.6))
+        axes = fig.subplots(1, 2)
         styles = {"ground truth": ("k", "-", 2.5), "learned EBM": ("C3", "-", 1.5),
                   "short-run KDE": ("C0", "--", 1.5), "long-run KDE": ("C2", ":", 1.8)}
         for name, lp in logs.items():
@@ -266,7 +266,8 @@ def plot_panel(grid: Grid, logs: dict[str, Tensor], path: Path, *, title: str = 
         axes[0].legend(fontsize=8)
     else:
         k = len(logs)
-        fig, axes = plt.subplots(2, k, figsize=(2.8 * k, 5.6))
+        fig = new_figure(figsize=(2.8 * k, 5.6))
+        axes = fig.subplots(2, k, squeeze=False)
         m = a.shape[0]
         ext = (a[0], a[-1], a[0], a[-1])
         for j, (name, lp) in enumerate(logs.items()):

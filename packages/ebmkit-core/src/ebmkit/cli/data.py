@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 
 data_app = typer.Typer(help="Datasets: write shards, verify them, download, preview.",
                        no_args_is_help=True)
@@ -20,17 +20,14 @@ SetOpt = Annotated[list[str] | None, typer.Option(
 
 def open_source(source: str, sets: list[str] | None, *, extra: dict | None = None):
     """A registered dataset by name, or an image directory (-> imagefolder), with its config."""
-    from ..params import build
-    from ..plugins import default_registry
+    from ..params import build, parse_override
+    from .main import _registry
 
     values = dict(extra or {})
     for text in sets or []:
-        if "=" not in text:
-            raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. resolution=64")
-        key, value = text.split("=", 1)
-        key = key.strip().removeprefix("data.")
-        values[key] = value.strip()
-    reg = default_registry()
+        _, key, value = parse_override(text, section="data")
+        values[key] = value
+    reg = _registry()
     if Path(source).is_dir() and source not in reg.names("dataset"):
         values.setdefault("path", source)
         source = "imagefolder"
@@ -54,7 +51,7 @@ def shard(
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..datastream import _tensor_of
+    from ..datastream import tensor_of
     from ..shards import write_shards
 
     src, desc = open_source(source, set_)
@@ -63,7 +60,7 @@ def shard(
         raise DataError(f"'{source}' is a stream; shard a dataset with a length (a name or an image folder)")
     n = len(ds)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
-    tensor = _tensor_of(ds)
+    tensor = tensor_of(ds)
     labels = ds.tensors[1] if tensor is not None and len(ds.tensors) > 1 else None
 
     def examples():
@@ -126,11 +123,11 @@ def preview(
     """Write a grid of the first N examples as seen by the model (after crop/resize/range)."""
     import torch
 
-    from ..datastream import _draw
+    from ..datastream import draw
     from ..images import save_grid
 
     src, _ = open_source(source, set_)
     ds = src.open(split="train")
-    x = _draw(ds, n, torch.Generator().manual_seed(0))
+    x = draw(ds, n, torch.Generator().manual_seed(0))
     save_grid(x, out, scale=scale)
     console.print(f"{out}: {tuple(x.shape)}, range [{x.min():.2f}, {x.max():.2f}]", highlight=False)

@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import ConfigError, EbmkitError
+from ..params import parse_override
 
 app = typer.Typer(
     name="ebmkit",
@@ -27,10 +28,23 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def _registry():
-    from ..plugins import default_registry
+_DEFAULT: tuple | None = None
 
-    return default_registry()
+
+def _default():
+    """The CLI's per-process plugin manager and registry (built on first use). The library never
+    uses a global registry; the CLI passes this one to every library call."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        from ..plugins import build_registry, get_plugin_manager
+
+        pm = get_plugin_manager()
+        _DEFAULT = (pm, build_registry(pm))
+    return _DEFAULT
+
+
+def _registry():
+    return _default()[1]
 
 
 def _completer(kind: str):
@@ -98,9 +112,8 @@ def run(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")] = False,
 ):
     """Train an EBM (Algorithm 1): data -> MCMC negatives -> mean U(x+) - mean U(x-)."""
-    from ..params import dumps_toml
+    from .. import api
     from ..runconfig import build_document, load_toml, resolve
-    from ..train import load_run, train
 
     reg = _registry()
     overrides = list(set_ or [])
@@ -116,8 +129,16 @@ def run(
     if resume is not None:
         if any(v is not None for v in (preset, config, energy, sampler, init, data)):
             raise ConfigError("--resume continues a saved run; only --set train.iterations=... (and logging options) may change")
-        spec = load_run(resume, reg, overrides)
+        train_opts = {}
+        for o in overrides:
+            section, key, value = parse_override(o)
+            if section != "train" or key not in api.RESUMABLE:
+                raise ConfigError(f"--set {section}.{key} cannot change on resume; allowed: "
+                                  + ", ".join(f"train.{k}" for k in sorted(api.RESUMABLE)))
+            train_opts[key] = value
         out_dir = resume
+        spec = resolve({**load_toml(resume / "run.toml"), }, reg) if (resume / "run.toml").is_file() else None
+        fit_args = dict(out_dir=resume, resume=True, **train_opts)
     else:
         data_name, data_over = _data_name(data)
         preset_doc = reg.get("preset", preset).read() if preset else None
@@ -129,32 +150,30 @@ def run(
         shape = spec.data_source().shape
         spec.energy(shape), spec.initializer(shape)  # fail now, not after loading data
         if dry_run:
-            console.print(dumps_toml(spec.document()), highlight=False, markup=False)
+            console.print(spec.to_toml(), highlight=False, markup=False)
             return
-        tag = preset or spec.classes["energy"].name
+        tag = preset or spec.name("energy")
         out_dir = out or Path("runs") / f"{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if (out_dir / "model.safetensors").exists() and not force:
-            raise ConfigError(f"{out_dir} already holds a run; use --resume {out_dir}, another --out, or --force")
+        fit_args = dict(config=spec, out_dir=out_dir, force=force)
 
-    c = spec.classes
     quiet = int(os.environ.get("RANK", "0")) != 0  # under torchrun/accelerate only rank 0 talks
     say = (lambda *a, **k: None) if quiet else console.print
-    say(
-        f"[bold]ebmkit run[/] energy={c['energy'].name} sampler={c['sampler'].name} "
-        f"init={c['init'].name} data={c['data'].name}  iterations={spec.train.iterations} "
-        f"batch={spec.train.batch_size} K={spec.configs['sampler'].steps if hasattr(spec.configs['sampler'], 'steps') else '?'}"
-        f"  -> {out_dir}", highlight=False)
-    result = train(spec, out_dir, resume=resume is not None, progress=progress, console=console)
-    if result.step and result.last:
-        lt = result.last
-        say(f"done: step {result.step}, d_t {lt['d_t']:+.4g}, v_t {lt['v_t']:.4g}", highlight=False)
-    say(f"checkpoint: {result.checkpoint}\nsamples:    {out_dir / 'samples'}\n"
-                  f"diagnostics: {out_dir / 'diagnostics.csv'}, {out_dir / 'plots'}", highlight=False)
+    if spec is not None:
+        k = getattr(spec.configs["sampler"], "steps", "?")
+        say(f"[bold]ebmkit run[/] energy={spec.name('energy')} sampler={spec.name('sampler')} "
+            f"init={spec.name('init')} data={spec.name('data')}  iterations={spec.train.iterations} "
+            f"batch={spec.train.batch_size} K={k}  -> {escape(str(out_dir))}", highlight=False)
+    ebm = api.fit(registry=reg, progress=progress, console=console, **fit_args)
+    if ebm.step and ebm.last:
+        lt = ebm.last
+        say(f"done: step {ebm.step}, d_t {lt['d_t']:+.4g}, v_t {lt['v_t']:.4g}", highlight=False)
+    say(f"checkpoint: {out_dir / 'model.safetensors'}\nsamples:    {out_dir / 'samples'}\n"
+        f"diagnostics: {out_dir / 'diagnostics.csv'}, {out_dir / 'plots'}", highlight=False, markup=False)
 
 
 @app.command()
 def sample(
-    checkpoint: Annotated[Path, typer.Argument(help="A model .safetensors written by ebmkit run.")],
+    checkpoint: Annotated[Path, typer.Argument(help="A model .safetensors written by ebmkit run (or a run directory).")],
     n: Annotated[int, typer.Option("-n", min=1, help="Number of samples.")] = 64,
     steps: Annotated[int | None, typer.Option("--steps", "-k", min=0, help="MCMC steps K (default: the run's sampling K).")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="PNG grid (or .safetensors for raw tensors).")] = Path("samples.png"),
@@ -169,30 +188,15 @@ def sample(
     """Draw samples from a checkpoint (needs nothing but the .safetensors file)."""
     import torch
 
-    from ..checkpoint import load_energy
+    from .. import api
     from ..images import save_grid
-    from ..interfaces import EBM
-    from ..runconfig import apply_overrides, merge, resolve
-    from ..train import pick_device
 
-    reg = _registry()
-    dev = pick_device(device)
-    energy, meta = load_energy(checkpoint, reg, device=dev)
-    doc = meta["config"]
-    if sampler or init:
-        doc = merge(doc, {k: {"name": v} for k, v in (("sampler", sampler), ("init", init)) if v})
-    for o in set_ or []:
-        if o.split(".", 1)[0] not in ("sampler", "init"):
-            raise ConfigError(f"--set {o}: only sampler.* and init.* can be changed when sampling")
-    spec = resolve(apply_overrides(doc, set_ or []), reg)
-    smp = spec.sampler()
-    ini = _standalone_init(reg, spec, meta["shape"], explicit=init is not None)
-    k = steps if steps is not None else (spec.train.sample_steps if spec.train.sample_steps is not None else smp.default_steps)
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    model = EBM(energy=energy, sampler=smp, initializer=ini, steps=k, meta=meta)
+    model = api.load(checkpoint, sampler=sampler, init=init, overrides=list(set_ or []),
+                     steps=steps, device=device, registry=_registry())
     t0 = time.perf_counter()
-    x = model.sample(n, generator=gen, noise=noise, batch_size=batch_size)
+    x = model.sample(n, seed=seed, noise=noise, batch_size=batch_size)
     dt = time.perf_counter() - t0
+    k = model.steps
     if not torch.isfinite(x).all():
         raise EbmkitError(f"sampling produced non-finite values with K={k}; try fewer --steps or a smaller step size")
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -200,16 +204,16 @@ def sample(
         from safetensors.torch import save_file
 
         save_file({"samples": x.cpu().contiguous()}, str(output), metadata={"steps": str(k), "source": str(checkpoint)})
-    elif len(meta["shape"]) == 3:
+    elif len(model.shape) == 3:
         save_grid(x, output)
     else:
-        raise ConfigError(f"samples of shape {tuple(meta['shape'])} are not images; use -o samples.safetensors")
-    console.print(f"{n} samples, K={k}, {dt:.1f}s -> {output}", highlight=False)
+        raise ConfigError(f"samples of shape {tuple(model.shape)} are not images; use -o samples.safetensors")
+    console.print(f"{n} samples, K={k}, {dt:.1f}s -> {output}", highlight=False, markup=False)
 
 
 @app.command("eval")
 def eval_(
-    checkpoint: Annotated[Path, typer.Argument(help="A model .safetensors written by ebmkit run.")],
+    checkpoint: Annotated[Path, typer.Argument(help="A model .safetensors written by ebmkit run (or a run directory).")],
     evaluator: Annotated[list[str], typer.Option("--evaluator", "-e", help="Evaluator name (repeatable; ebmkit list evaluators).",
                                                  autocompletion=_completer("evaluator"))],
     set_: Annotated[list[str] | None, typer.Option("--set", help="EVALUATOR.KEY=VALUE, e.g. longrun.steps=5000 (repeatable).")] = None,
@@ -219,38 +223,24 @@ def eval_(
     device: Annotated[str, typer.Option(help="cpu, cuda, auto.")] = "auto",
 ):
     """Evaluate a checkpoint: numbers (printed, and JSON) and pictures (PNG)."""
-    from ..checkpoint import load_energy
-    from ..interfaces import EBM
-    from ..params import parse_override
-    from ..runconfig import build_document, merge, resolve
-    from ..train import pick_device
+    from .. import api
 
     reg = _registry()
+    per_eval: dict[str, dict[str, str]] = {name: {} for name in evaluator}
     for name in evaluator:
         reg.get("evaluator", name)
-    per_eval: dict[str, dict[str, str]] = {name: {} for name in evaluator}
     for o in set_ or []:
         section, key, value = parse_override(o)
         if section not in per_eval:
             raise ConfigError(f"--set {o}: the section must be one of the chosen evaluators: {', '.join(evaluator)}")
         per_eval[section][key] = value
-    dev = pick_device(device)
-    energy, meta = load_energy(checkpoint, reg, device=dev)
-    doc = meta["config"]
+    model = api.load(checkpoint, steps=steps, device=device, registry=reg)
     data_name, data_over = _data_name(data)
-    if data_name:
-        doc = merge(doc, {"data": {"name": data_name}})
-    spec = resolve(build_document(preset_doc=doc, overrides=data_over), reg)
-    smp = spec.sampler()
-    ini = _standalone_init(reg, spec, meta["shape"], explicit=False)
-    k = steps if steps is not None else (spec.train.sample_steps if spec.train.sample_steps is not None else smp.default_steps)
-    model = EBM(energy=energy, sampler=smp, initializer=ini, steps=k, meta=meta)
-    source = spec.data_source()
-    out_dir = out or checkpoint.parent / "eval"
+    source = _eval_data(model, data_name, data_over, reg)
+    out_dir = out or (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "eval"
     for name in evaluator:
-        ev = reg.create("evaluator", name, per_eval[name])
         t0 = time.perf_counter()
-        result = ev.evaluate(model, source, out_dir)
+        result = api.evaluate(model, name, data=source, out_dir=out_dir, config=per_eval[name], registry=reg)
         table = Table(title=f"{name} ({time.perf_counter() - t0:.1f}s)")
         table.add_column("metric")
         table.add_column("value", justify="right")
@@ -258,32 +248,20 @@ def eval_(
             table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
         console.print(table)
         for key, path in result.figures.items():
-            console.print(f"{key}: {path}", highlight=False)
+            console.print(f"{key}: {path}", highlight=False, markup=False)
 
 
-def _standalone_init(reg, spec, shape, *, explicit: bool):
-    """Chain starts for sampling from a checkpoint alone.
+def _eval_data(model, data_name, data_over, reg):
+    """The data an evaluator compares against: ``--data`` or the run's own dataset."""
+    from ..runconfig import apply_overrides, merge, resolve
 
-    A noise initializer is used as is. Training-time initializers that need data or a buffer
-    (``data``, ``persistent``) are replaced by noise with the same noise settings, unless the user
-    asked for one explicitly with ``--init``, which is then an error.
-    """
-    from dataclasses import fields
-
-    name = spec.classes["init"].name
-    ini = spec.initializer(shape)
-    try:
-        probe = ini.sample(1)
-    except (ValueError, TypeError, EbmkitError):
-        probe = None
-    if probe is not None and name != "persistent":
-        return ini
-    if explicit:
-        raise ConfigError(f"--init {name} cannot start chains without data; use --init noise")
-    noise_cls = reg.get("initializer", "noise")
-    cfg = spec.configs["init"]
-    keep = {f.name: getattr(cfg, f.name) for f in fields(noise_cls.Config) if hasattr(cfg, f.name)}
-    return reg.create("initializer", "noise", keep, shape)
+    doc = model.config.to_dict()
+    if data_name:
+        doc = apply_overrides(merge(doc, {"data": {"name": data_name}}), data_over)
+    spec = resolve(doc, reg)
+    if spec.classes["data"] is None:
+        return None
+    return spec.data_source()
 
 
 @app.command("list")
@@ -359,9 +337,9 @@ def describe(
 @app.command()
 def plugins():
     """Installed plugins: distribution, version, hooks implemented, load errors."""
-    from ..plugins import default, plugin_infos
+    from ..plugins import plugin_infos
 
-    pm, reg = default()
+    pm, reg = _default()
     table = Table()
     for col in ("plugin", "distribution", "version", "hooks", "status"):
         table.add_column(col)
@@ -378,13 +356,14 @@ def _add_plugin_commands() -> None:
     """(Re)build the plugin commands on top of the core ones: repeated ``main()`` calls (tests)
     never duplicate a command, and a different plugin set replaces the previous one."""
     global _CORE_COMMANDS
-    from ..plugins import call_impl, default
+    from ..plugins import call_impl
 
     if _CORE_COMMANDS is None:
         _CORE_COMMANDS = (list(app.registered_commands), list(app.registered_groups))
     app.registered_commands[:] = _CORE_COMMANDS[0]
     app.registered_groups[:] = _CORE_COMMANDS[1]
-    pm, _ = default()
+    _add_core_commands()
+    pm, _ = _default()
     for impl in pm.hook.ebmkit_cli.get_hookimpls():
         n_commands, n_groups = len(app.registered_commands), len(app.registered_groups)
         try:
@@ -393,6 +372,15 @@ def _add_plugin_commands() -> None:
         except Exception as exc:  # a plugin's CLI hook must not break the CLI
             del app.registered_commands[n_commands:], app.registered_groups[n_groups:]
             err_console.print(f"[yellow]plugin '{impl.plugin_name}' failed to add commands: {exc}[/]")
+
+
+def _add_core_commands() -> None:
+    """The core's own command groups (data, toy, plugin); each module adds its commands."""
+    from . import data, plugin, toy
+
+    app.add_typer(data.data_app, name="data")
+    toy.add_commands(app)
+    plugin.add_commands(app)
 
 
 def main(argv: list[str] | None = None) -> int:

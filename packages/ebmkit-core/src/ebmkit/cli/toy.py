@@ -32,16 +32,17 @@ def add_commands(app):
         regimes = REGIMES if regime == "both" else (regime,)
         if regime != "both" and regime not in REGIMES:
             raise ConfigError(f"--regime {regime}: choose nonconvergent, convergent or both")
+        from ..params import parse_override
+        from .main import _registry
+
         ev = {}
         for item in eval_set or []:
-            if "=" not in item:
-                raise ConfigError(f"--eval-set {item!r}: expected KEY=VALUE, e.g. long_steps=5000")
-            k, v = item.split("=", 1)
-            ev[k.strip()] = v.strip()
+            _, k, v = parse_override(item, section="toy_density", flag="--eval-set")
+            ev[k] = v
         console = Console()
         results = reproduce(toy, out, regimes=regimes, fast=fast, overrides=list(set_ or []),
                             eval_overrides=ev, progress=progress, console=console,
-                            threads=threads)
+                            threads=threads, registry=_registry())
         table = Table(title=f"toy '{toy}'" + (" (fast)" if fast else ""))
         table.add_column("metric")
         for r in results:

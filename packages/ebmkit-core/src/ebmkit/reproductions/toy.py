@@ -72,32 +72,29 @@ def reproduce(toy: str, out_dir: Path, *, regimes=REGIMES, fast: bool = False,
 
 def _reproduce(toy, out_dir, *, regimes, fast, overrides, eval_overrides, registry, progress,
                console) -> dict[str, dict[str, float]]:
-    from ..params import build
-    from ..plugins import default_registry
-    from ..runconfig import build_document, resolve
-    from ..train import train
-    from .evaluators import ToyDensity, load_run_model
+    from ..api import evaluate, fit, load
+    from ..plugins import build_registry
+    from ..runconfig import RunConfig
 
-    reg = registry or default_registry()
+    reg = registry if registry is not None else build_registry()
     out_dir = Path(out_dir)
     results: dict[str, dict[str, float]] = {}
     for regime in regimes:
-        preset = reg.get("preset", f"toy-{toy}-{regime}")
+        name = f"toy-{toy}-{regime}"
         over = (FAST_OVERRIDES[regime] if fast else []) + list(overrides or [])
-        spec = resolve(build_document(preset_doc=preset.read(), overrides=over), reg)
+        cfg = RunConfig.from_preset(name, registry=reg).with_overrides(*over)
         run_dir = out_dir / regime
         t0 = time.perf_counter()
-        train(spec, run_dir, progress=progress, console=console)
+        fit(config=cfg, out_dir=run_dir, force=True, registry=reg, progress=progress, console=console)
         t_train = time.perf_counter() - t0
-        model, data = load_run_model(run_dir, reg)
-        model.meta["title"] = f"{preset.name}: {spec.train.iterations} iterations"
+        model = load(run_dir, registry=reg)  # the run's own chain starts (persistent: its buffer)
+        model.meta["title"] = f"{name}: {cfg.train.iterations} iterations"
         ecfg = {**(FAST_EVAL if fast else {}), **(eval_overrides or {})}
-        evaluator = ToyDensity(build(ToyDensity.Config, ecfg, where="evaluator"))
         t0 = time.perf_counter()
-        res = evaluator.evaluate(model, data, run_dir / "eval")
+        res = evaluate(model, "toy_density", out_dir=run_dir / "eval", config=ecfg, registry=reg)
         results[regime] = {**res.metrics, "train_seconds": t_train,
                            "eval_seconds": time.perf_counter() - t0,
-                           "iterations": float(spec.train.iterations)}
+                           "iterations": float(cfg.train.iterations)}
     (out_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
 
