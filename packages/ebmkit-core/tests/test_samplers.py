@@ -15,11 +15,11 @@ import torch
 from ebmkit.builtin import samplers as builtin_samplers
 from ebmkit.builtin.samplers import HMC, MALA, Langevin
 from ebmkit.params import build
-from ebmkit.plugins import default_registry
 from ebmkit_testing.samplers import (
     DiagonalGaussianEnergy,
     GaussianMixtureEnergy,
     SamplerConformance,
+    installed_registry,
     mc_tolerance,
 )
 from torch import nn
@@ -45,7 +45,7 @@ def _suite(name: str) -> type:
     return type(f"TestConformance_{name}", (SamplerConformance,), attrs)
 
 
-for _name in default_registry().names("sampler"):  # every registered sampler, plugins included
+for _name in installed_registry().names("sampler"):  # every registered sampler, plugins included
     globals()[f"TestConformance_{_name.replace('-', '_')}"] = _suite(_name)
 
 
@@ -174,6 +174,40 @@ def test_langevin_parameterisations_agree():
     torch.testing.assert_close(a, b)
 
 
+class Quartic(nn.Module):
+    """``U(x) = Σ x⁴``: gradient steps of size 0.1 contract small states and blow up large ones."""
+
+    def forward(self, x):
+        return x.pow(4).flatten(1).sum(1)
+
+
+def test_langevin_flags_exactly_the_divergent_chains():
+    """x ← x − 0.4x³ (a = 0.1, U = Σx⁴) shrinks |x| ≤ 0.5 towards 0 but overshoots from 5 or 6
+    (5 → −45 → 3.6e4 → −1.9e13 → inf → NaN in float32). Those chains, and only those, are
+    flagged — by the fused ``run`` (state-vector layout and channels-last images), by ``step``
+    and by the graph-keeping loop — and the finite chains end where they end when run alone."""
+    e = Quartic()
+    x0 = torch.tensor([[0.5, -0.5], [5.0, 0.1], [0.3, 0.2], [-0.1, -6.0]])
+    bad = torch.tensor([False, True, False, True])
+    s = make(Langevin, grad_coef=0.1, noise_std=0.0)
+    r = s.run(e, x0, 20, generator=gen(0))
+    assert r.divergent is not None and torch.equal(r.divergent, bad)
+    assert not bool(torch.isfinite(r.x[bad]).all(1).any()) and bool(torch.isfinite(r.x[~bad]).all())
+    alone = s.run(e, x0[~bad], 20, generator=gen(0))
+    assert torch.equal(alone.x, r.x[~bad]) and not bool(alone.divergent.any())
+    state, flags = s.init(e, x0), torch.zeros(4, dtype=torch.bool)
+    for _ in range(20):
+        state, info = s.step(e, state, generator=gen(0))
+        flags |= info.divergent
+    assert torch.equal(flags, bad)
+    r = s.run(e, x0.requires_grad_(True), 20, differentiable=True)
+    assert torch.equal(r.divergent, bad)
+    images = x0.detach().reshape(4, 1, 1, 2).expand(4, 3, 2, 2).contiguous()
+    r = make(Langevin, grad_coef=0.1, noise_std=0.0, memory_format="channels_last").run(
+        e, images, 20)  # each coordinate follows its own x ← x − 0.4x³
+    assert torch.equal(r.divergent, bad)
+
+
 def test_langevin_clamp_and_temperature():
     e = DiagonalGaussianEnergy([1.0, 1.0])
     x0 = torch.randn(256, 2, generator=gen(0)) * 3
@@ -214,7 +248,7 @@ def test_mh_on_gaussian_mixture(sampler):
 # image-shaped states, cost, layout
 # --------------------------------------------------------------------------------------------
 def convnet(nf: int = 8):
-    reg = default_registry()
+    reg = installed_registry()
     cls = reg.get("energy", "convnet32")
     torch.manual_seed(0)
     return cls(build(cls.Config, {"nf": nf}), (3, 32, 32)).eval()
@@ -349,7 +383,7 @@ def test_describe_lists_every_parameter(cli, name):
     code, out, err = cli("describe", "sampler", name)
     assert code == 0, err
     flat = " ".join(out.split())
-    for p in params(default_registry().get("sampler", name).Config):
+    for p in params(installed_registry().get("sampler", name).Config):
         assert p.name in flat
         assert p.help.split()[0] in flat
         assert str(p.default) in flat

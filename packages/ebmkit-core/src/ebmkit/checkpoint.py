@@ -123,7 +123,7 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """The validated metadata of an energy checkpoint: ``config`` (the run document, a dict),
-    ``shape`` (tuple), ``step`` (int), ``energy`` (name), ``sample_steps`` (int or None), plus
+    ``shape`` (tuple), ``step`` (int), ``energy`` (name), plus
     the raw string fields."""
     path = Path(path)
     meta = read_metadata(path)

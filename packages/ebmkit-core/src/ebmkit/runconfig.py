@@ -9,7 +9,7 @@
 Layers, later wins: built-in defaults < ``--preset`` < ``--config`` < component flags
 (``--energy``) < ``--set section.key=value``. Changing a component's name drops the parameters
 that belonged to the previous one. :func:`resolve` validates everything against the registry
-and the component configs and returns a :class:`RunSpec`.
+and the component configs and returns a :class:`RunConfig`.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ that check is skipped.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import numbers
 from collections.abc import Iterator, Sequence
@@ -112,9 +113,15 @@ class _FromRegistry:
         name = getattr(owner, "sampler_name", None)
         if not name:
             raise AttributeError("set `sampler_name = '<registered name>'` or `component = <class>`")
-        from ebmkit.plugins import default_registry
+        return installed_registry().get("sampler", name)
 
-        return default_registry().get("sampler", name)
+
+@functools.cache
+def installed_registry() -> Any:
+    """The registry of every installed plugin (entry points), built once per process."""
+    from ebmkit.plugins import build_registry, get_plugin_manager
+
+    return build_registry(get_plugin_manager())
 
 
 def mc_tolerance(values: Tensor, expected_var: Tensor, n_sd: float = 4.0) -> tuple[Tensor, Tensor]:
