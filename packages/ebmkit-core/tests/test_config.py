@@ -3,8 +3,8 @@
 from dataclasses import dataclass
 
 import pytest
-from ebmkit.params import build, dumps_toml, param, params, parse_override, to_dict
 from ebmkit.errors import ConfigError
+from ebmkit.params import build, dumps_toml, param, params, parse_override, to_dict
 from ebmkit.runconfig import TrainConfig, build_document, resolve
 
 

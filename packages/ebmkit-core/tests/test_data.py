@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 from ebmkit.builtin import datasets as D
-from ebmkit.params import build
-from ebmkit.datastream import draw, batch_stream
+from ebmkit.datastream import batch_stream, draw
 from ebmkit.errors import DataError, MissingDependencyError
+from ebmkit.params import build
 from ebmkit.shards import ShardDataset, epoch_plan, read_manifest, verify, write_shards
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset

@@ -12,8 +12,6 @@ import pytest
 import torch
 from ebmkit import EBM, Energy, param
 from ebmkit.builtin.datasets import ImageConfig, MNIST5k
-from ebmkit.builtin.initializers import NoiseConfig, NoiseInit
-from ebmkit.builtin.samplers import Langevin, LangevinConfig
 from ebmkit.builtin.generator import (
     FlowConfig,
     FlowLikelihood,
@@ -22,7 +20,9 @@ from ebmkit.builtin.generator import (
     Reconstruction,
     ReconstructionConfig,
 )
+from ebmkit.builtin.initializers import NoiseConfig, NoiseInit
 from ebmkit.builtin.longrun import LongRun, LongRunConfig
+from ebmkit.builtin.samplers import Langevin, LangevinConfig
 from torch import nn
 
 

@@ -19,8 +19,8 @@ from ebmkit.builtin.toy_density import (
     total_variation,
 )
 from ebmkit.builtin.toys import GMM1D, GMM2D, TOY_SOURCES, Rings2D
-from ebmkit.reproductions.toy import CLAIMS, check_claims, reproduce
 from ebmkit.params import build
+from ebmkit.reproductions.toy import CLAIMS, check_claims, reproduce
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

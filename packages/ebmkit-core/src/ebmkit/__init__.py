@@ -55,6 +55,7 @@ from .interfaces import (
     Sampler,
 )
 from .mcmc import (
+    MEMORY_FORMATS,
     ChainResult,
     ChainState,
     ChainStats,
@@ -66,6 +67,7 @@ from .mcmc import (
     frozen,
     memory_format_of,
     rand_chains,
+    rand_like_on,
     randn_like_on,
     restore_layout,
 )
@@ -76,7 +78,7 @@ from .runconfig import RunConfig, TrainConfig
 from .training import Run, StepOutput, train_step
 
 __all__ = [
-    "EBM", "CSVLogger", "Callback", "ChainResult", "ChainState", "ChainStats", "Checkpoint",
+    "EBM", "MEMORY_FORMATS", "rand_like_on", "CSVLogger", "Callback", "ChainResult", "ChainState", "ChainStats", "Checkpoint",
     "CheckpointError", "Component", "ConfigError", "DataError", "DataSource", "DiagnosticPlots",
     "DivergenceError", "DivergenceGuard", "EbmkitError", "Energy", "EvalResult", "Evaluator",
     "InMemoryData", "Initializer", "LambdaCallback", "MissingDependencyError", "PluginError",

@@ -36,7 +36,8 @@ FORMAT = "ebmkit.energy/1"
 STATE_FORMAT = "ebmkit.state/1"
 
 
-def _version() -> str:
+def ebmkit_version() -> str:
+    """The installed ebmkit-core version (without importing the package root)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -93,7 +94,7 @@ def save_energy(path: Path, energy: torch.nn.Module, *, doc: Mapping[str, Any] |
         raise ConfigError("save_energy needs the shape of one example (shape=...)")
     meta = {
         "format": FORMAT,
-        "ebmkit_version": _version(),
+        "ebmkit_version": ebmkit_version(),
         "step": str(int(step)),
         "energy": str(doc.get("energy", {}).get("name", name)),
         "shape": json.dumps([int(s) for s in shape]),
@@ -214,7 +215,7 @@ def unflatten_optimizer(tensors: Mapping[str, Tensor], rest: Mapping[str, Any]) 
 
 def save_state(path: Path, tensors: Mapping[str, Tensor], *, step: int) -> None:
     t = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    meta = {"format": STATE_FORMAT, "step": str(int(step)), "ebmkit_version": _version()}
+    meta = {"format": STATE_FORMAT, "step": str(int(step)), "ebmkit_version": ebmkit_version()}
     atomic_write(Path(path), lambda p: save_file(t, p, metadata=meta))
 
 

@@ -29,9 +29,9 @@ def names_for(name: str) -> dict[str, str]:
             f"plugin name {name!r}: use lowercase letters and digits, words separated by '-' or '_'"
             " (e.g. my-sampler)")
     words = re.split(r"[-_]", name)
-    from .. import __version__
+    from .checkpoint import ebmkit_version
 
-    base = __version__.split("+")[0]
+    base = ebmkit_version().split("+")[0]
     return {
         "name": name,
         "dist": "ebmkit-" + "-".join(words),

@@ -14,7 +14,9 @@ Suites: :class:`SamplerConformance`, :class:`EnergyConformance`,
 :class:`DataSourceConformance`. Each failing check says what the contract requires.
 Installing the package also registers a pytest plugin with the fixtures
 ``ebmkit_plugin_manager``, ``ebmkit_registry`` and ``ebmkit_cli`` (see
-:mod:`ebmkit_testing.fixtures`).
+:mod:`ebmkit_testing.fixtures`). Helpers for a plugin's own tests: the analytic targets
+:class:`DiagonalGaussianEnergy` and :class:`GaussianMixtureEnergy`, :func:`mc_tolerance`
+(Monte Carlo tolerances) and :func:`watch_generator_draws` (where RNG draws are made).
 """
 
 from ._base import ComponentConformance, require
@@ -23,12 +25,19 @@ from .energies import EnergyConformance
 from .evaluators import EvaluatorConformance
 from .fixtures import CliResult, CliRunner
 from .initializers import InitializerConformance
-from .samplers import DiagonalGaussianEnergy, GaussianMixtureEnergy, SamplerConformance
+from .samplers import (
+    DiagonalGaussianEnergy,
+    GaussianMixtureEnergy,
+    SamplerConformance,
+    mc_tolerance,
+    watch_generator_draws,
+)
 from .toys import GaussianEnergy, GaussianPoints, gaussian_energy, gaussian_points
 
 __all__ = [
     "CliResult", "CliRunner", "ComponentConformance", "DataSourceConformance",
     "DiagonalGaussianEnergy", "EnergyConformance", "GaussianMixtureEnergy",
     "EvaluatorConformance", "GaussianEnergy", "GaussianPoints", "InitializerConformance",
-    "SamplerConformance", "gaussian_energy", "gaussian_points", "require",
+    "SamplerConformance", "gaussian_energy", "gaussian_points", "mc_tolerance", "require",
+    "watch_generator_draws",
 ]

@@ -11,6 +11,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..hookspecs import hookimpl
 from ..interfaces import Initializer, Prior, PriorInitializer
+from ..mcmc import randn_like_on
 from ..params import param
 
 
@@ -30,11 +31,9 @@ class NoiseConfig:
 
 def draw_noise(cfg: NoiseConfig, n: int, shape: tuple[int, ...], *, generator=None,
                device=None, dtype=torch.float32) -> Tensor:
-    size = (n, *shape)
-    if cfg.distribution == "uniform":
-        x = torch.rand(size, generator=generator, device=device, dtype=dtype)
-        return x * (cfg.high - cfg.low) + cfg.low
-    return torch.randn(size, generator=generator, device=device, dtype=dtype) * cfg.std + cfg.mean
+    """``n`` draws of the configured noise, drawn on the generator's device (a CPU generator may
+    drive CUDA chains) and moved to ``device``."""
+    return Prior.of(cfg, shape).sample(n, generator=generator, device=device, dtype=dtype)
 
 
 class NoiseInit(Initializer):
@@ -70,8 +69,7 @@ class DataInit(Initializer):
         if device is not None:
             x = x.to(device)
         if self.config.noise_std > 0:
-            x = x + self.config.noise_std * torch.randn(x.shape, generator=generator,
-                                                        device=x.device, dtype=x.dtype)
+            x = x + self.config.noise_std * randn_like_on(x, generator)
         return x
 
 
