@@ -403,11 +403,8 @@ def test_train_as_a_dict_changes_only_the_given_options(registry):
 
 
 # ---------------------------------------------------------------------------------------------
-# known library problems (reported; strict xfail: the fix makes these fail until the marker goes)
+# problems found while writing these tests, fixed in the library
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, raises=ConfigError, reason=(
-    "fit(resume=True) rejects component objects, but a run trained with objects can only be "
-    "rebuilt from them: its error says 'resume it from Python with the same objects'"))
 def test_a_run_with_custom_objects_resumes_from_python(tmp_path, registry, one_thread):
     points = _points()
     opts = dict(sampler=TOY["sampler"], iterations=4, batch_size=16, checkpoint_every=2,
@@ -423,9 +420,6 @@ def test_a_run_with_custom_objects_resumes_from_python(tmp_path, registry, one_t
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fit(train=TrainConfig(...)) merges every TrainConfig field, so the preset's/config's other "
-    "[train] values (data_noise, seed, ...) are silently reset to TrainConfig's defaults"))
 def test_train_as_a_trainconfig_does_not_silently_reset_the_preset(registry):
     try:
         ebm = ebmkit.fit(preset="toy-gmm-nonconvergent", train=ebmkit.TrainConfig(iterations=1),
@@ -445,9 +439,6 @@ class DropoutEnergy(nn.Module):
         return self.net(x).squeeze(-1)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the EBM fit returns holds its energy in train mode (load returns it in eval mode), so "
-    "ebm(x) applies dropout / updates BatchNorm statistics on a fitted model but not on a loaded one"))
 def test_fitted_and_loaded_models_compute_the_same_energies(tmp_path, registry, one_thread):
     ebm = ebmkit.fit(energy=DropoutEnergy(), data=_points(64), sampler=TOY["sampler"],
                      iterations=2, batch_size=16, registry=registry)

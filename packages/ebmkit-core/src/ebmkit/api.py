@@ -137,9 +137,12 @@ def fit(
     if resume:
         if out is None:
             raise ConfigError("resume=True needs out_dir (the run directory to continue)")
-        if any(v is not None for v in (energy, data, sampler, init, config, preset, train)):
+        given = {"energy": energy, "data": data, "sampler": sampler, "init": init}
+        if any(v is not None for v in (config, preset, train)) or any(
+                isinstance(v, (str, Mapping)) for v in given.values()):
             raise ConfigError("resume continues a saved run; only train options "
-                              f"({', '.join(sorted(RESUMABLE))}) may change")
+                              f"({', '.join(sorted(RESUMABLE))}) may change, and the objects of "
+                              "sections it recorded as custom must be passed again")
         bad = sorted(set(train_options) - RESUMABLE)
         if bad:
             raise ConfigError(f"train.{bad[0]} cannot change on resume; allowed: {', '.join(sorted(RESUMABLE))}")
@@ -148,8 +151,18 @@ def fit(
             raise CheckpointError(f"cannot resume: {path} not found (is {out} an ebmkit run directory?)")
         cfg = resolve(merge(load_toml(path), {"train": train_options}), reg)
         for section in SECTIONS:
+            value = given[section]
             if cfg.classes[section] is None:
-                raise ConfigError(f"{out} was trained with a custom {section}; resume it from Python with the same objects")
+                if value is None:
+                    raise ConfigError(f"{out} was trained with a custom {section} "
+                                      f"({cfg.info.get(section, {}).get('class', '?')}); resume it "
+                                      f"from Python, passing the same {section}= object")
+                if section == "data" and isinstance(value, (Tensor, Dataset)) and not isinstance(value, DataSource):
+                    value = InMemoryData(value)
+                objects[section] = value
+            elif value is not None:
+                raise ConfigError(f"{out} recorded {section} '{cfg.name(section)}'; resume takes "
+                                  f"it from run.toml, not from the {section}= argument")
     else:
         doc = _base_document(config, preset, reg)
         for section, value in (("energy", energy), ("sampler", sampler), ("init", init), ("data", data)):
@@ -159,7 +172,14 @@ def fit(
             if obj is not None:
                 objects[section] = obj
         if train is not None:
-            table = to_dict(train) if dataclasses.is_dataclass(train) else dict(train)
+            if dataclasses.is_dataclass(train):
+                if config is not None or preset is not None:
+                    raise ConfigError("train=TrainConfig(...) sets every [train] value and would "
+                                      "silently replace the preset's/config's; pass a dict of the "
+                                      "values to change (train={'iterations': 5}) or keywords")
+                table = to_dict(train)
+            else:
+                table = dict(train)
             doc = merge(doc, {"train": table})
         if train_options:
             doc = merge(doc, {"train": train_options})
@@ -269,6 +289,7 @@ def _train(cfg: RunConfig, objects: dict[str, Any], out: Path | None, callbacks:
         resume=resume,
     )
     run_loop(run, callbacks, energy_ddp=energy_ddp, stop_after=stop_after)
+    model.eval()  # as ebmkit.load returns it: energies of a fitted and a loaded model agree
     ebm = run.model()
     ebm.out_dir, ebm.last, ebm.completed = out, dict(run.row), run.completed
     return ebm

@@ -45,7 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "MEMORY_FORMATS", "ChainResult", "ChainState", "ChainStats", "Component", "DataSource",
     "Energy", "EvalResult", "Evaluator", "Initializer", "KINDS", "NoParams", "Prior",
-    "PriorInitializer", "Sampler", "StepInfo",
+    "Preset", "PriorInitializer", "Sampler", "StepInfo",
 ]
 
 
@@ -113,8 +113,11 @@ class Sampler(Component):
     ``noise=False`` makes the chain deterministic (the short-run generator ``x = M_θ(z)``).
 
     Optional config fields the shared machinery reads: ``temperature`` (T), ``steps`` (K),
-    ``adapt_steps`` (warm-up length; acceptance is reported over the steps after it) and
-    ``memory_format`` (``auto``/``preserve``/``channels_last``: the layout chains run in).
+    ``adapt_steps`` (warm-up length; acceptance is reported over the steps after it),
+    ``memory_format`` (``auto``/``preserve``/``channels_last``: the layout chains run in) and
+    ``step_size`` (ε; ``train.convergent`` rescales the energy by 2/ε² and the learning rate
+    by ε²/2, anatomy App. A). The energy's config field ``scale`` (its output multiplier) is
+    what ``train.convergent`` rescales.
     """
 
     kind = "sampler"
@@ -282,7 +285,7 @@ class Initializer(Component):
     tensors only, so it can be stored with safetensors.
 
     What the trainer, the loader and the evaluators ask of an initializer (checked by
-    ``ebmkit_testing.InitializerSuite``):
+    ``ebmkit_testing.InitializerConformance``):
 
     * :attr:`needs_data` — ``sample`` needs the data batch (contrastive divergence);
     * :attr:`prior` — the noise distribution ``p₀`` it draws fresh chains from, if any;
@@ -390,6 +393,19 @@ class DataSource(Component):
     def open(self, *, split: str = "train") -> Dataset:
         raise NotImplementedError
 
+    #: A box ``(low, high)`` per coordinate holding practically all of the data's mass (toy
+    #: sources: the evaluators' grid), or ``None``.
+    bounds: ClassVar[tuple[float, float] | None] = None
+
+    def sample(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` fresh draws from the data distribution (sources with a generative model, such
+        as the toys), independent of the training set."""
+        raise NotImplementedError(f"dataset '{self.name}' cannot draw fresh samples")
+
+    @property
+    def has_sampler(self) -> bool:
+        return type(self).sample is not DataSource.sample
+
     def log_density(self, x: Tensor) -> Tensor:
         """Exact normalised log-density ``[B]`` (toy sources only)."""
         raise NotImplementedError(f"dataset '{self.name}' has no known density")
@@ -419,6 +435,23 @@ class Evaluator(Component):
 
     def evaluate(self, model: EBM, data: DataSource | None, out_dir: Path) -> EvalResult:
         raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named run configuration (a TOML document) shipped by a plugin."""
+
+    name: str
+    summary: str
+    path: Path
+
+    kind = "preset"
+
+    def read(self) -> dict[str, dict[str, Any]]:
+        import tomllib
+
+        with open(self.path, "rb") as f:
+            return tomllib.load(f)
 
 
 KINDS: dict[str, type[Component]] = {

@@ -101,8 +101,9 @@ class EBM:
         return self
 
     def __call__(self, x: Tensor) -> Tensor:
-        """``U(x)`` ``[B]``."""
-        return self.energy(x)
+        """``U(x)`` ``[B]`` (the energy in eval mode)."""
+        with eval_mode(self.energy):
+            return self.energy(x)
 
     # -- sampling ----------------------------------------------------------------------------
     def _generator(self, seed: int | None, generator: torch.Generator | None) -> torch.Generator | None:
@@ -183,7 +184,7 @@ class EBM:
             for section, obj in (("energy", self.energy), ("sampler", self.sampler),
                                  ("init", self.initializer)):
                 name, cfg = getattr(obj, "name", ""), getattr(obj, "config", None)
-                if name and name != "prior" and cfg is not None and hasattr(cfg, "__dataclass_fields__"):
+                if name and cfg is not None and hasattr(cfg, "__dataclass_fields__"):
                     doc[section] = {"name": name, **to_dict(cfg)}
                 else:
                     cls = type(obj)

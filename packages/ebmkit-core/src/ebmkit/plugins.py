@@ -34,26 +34,9 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError, UnknownComponentError
-from .interfaces import KINDS, Component
+from .interfaces import KINDS, Component, Preset
 
 GROUP = "ebmkit"
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A named run configuration (a TOML document) shipped by a plugin."""
-
-    name: str
-    summary: str
-    path: Path
-
-    kind = "preset"
-
-    def read(self) -> dict[str, dict[str, Any]]:
-        import tomllib
-
-        with open(self.path, "rb") as f:
-            return tomllib.load(f)
 
 
 @dataclass(frozen=True)

@@ -110,12 +110,13 @@ def set_names(doc: dict, names: Mapping[str, str | None]) -> dict:
     return merge(doc, {s: {"name": n} for s, n in names.items() if n})
 
 
-def apply_overrides(doc: dict, overrides: Iterable[str]) -> dict:
+def apply_overrides(doc: dict, overrides: Iterable[str], *, flag: str = "--set") -> dict:
+    """Apply ``section.key=value`` strings (``flag`` names them in errors)."""
     doc = copy.deepcopy(doc)
     for text in overrides:
-        section, key, value = parse_override(text)
+        section, key, value = parse_override(text, flag=flag)
         if section not in ALL_SECTIONS:
-            raise ConfigError(f"--set {text!r}: unknown section '{section}'; valid: {', '.join(ALL_SECTIONS)}")
+            raise ConfigError(f"{flag} {text!r}: unknown section '{section}'; valid: {', '.join(ALL_SECTIONS)}")
         if key == "name" and section != "train":
             doc = merge(doc, {section: {"name": value}})
         else:
@@ -211,7 +212,7 @@ class RunConfig:
         if sections:
             check_sections(sections, "overrides")
             doc = merge(doc, sections)
-        doc = apply_overrides(doc, texts)
+        doc = apply_overrides(doc, texts, flag="override")
         return resolve(doc, self.registry)
 
     # -- building components -----------------------------------------------------------------

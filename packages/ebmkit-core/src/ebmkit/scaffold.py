@@ -29,9 +29,12 @@ def names_for(name: str) -> dict[str, str]:
             f"plugin name {name!r}: use lowercase letters and digits, words separated by '-' or '_'"
             " (e.g. my-sampler)")
     words = re.split(r"[-_]", name)
-    from .checkpoint import ebmkit_version
+    from importlib.metadata import PackageNotFoundError, version
 
-    base = ebmkit_version().split("+")[0]
+    try:
+        base = version("ebmkit-core").split("+")[0]
+    except PackageNotFoundError:  # pragma: no cover - a source tree
+        base = "0.0.0"
     return {
         "name": name,
         "dist": "ebmkit-" + "-".join(words),

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..hookspecs import hookimpl
-from ..plugins import Preset
+from ..interfaces import Preset
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 

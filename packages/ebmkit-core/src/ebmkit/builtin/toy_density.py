@@ -140,7 +140,7 @@ def mmd2(x: Tensor, y: Tensor, bandwidths: tuple[float, ...]) -> float:
 def exact_samples(data: DataSource, n: int, *, seed: int) -> Tensor:
     """``n`` draws from the data's distribution, independent of the training set."""
     g = torch.Generator().manual_seed(seed)
-    if hasattr(data, "sample"):
+    if data.has_sampler:
         return data.sample(n, generator=g)
     x = data.open(split="test").tensors[0]
     return x[torch.randint(0, x.shape[0], (n,), generator=g)]
@@ -148,7 +148,7 @@ def exact_samples(data: DataSource, n: int, *, seed: int) -> Tensor:
 
 def data_bounds(data: DataSource) -> tuple[float, float]:
     """The data's plotting box, or its sample range plus 10 % on each side."""
-    if hasattr(data, "bounds"):
+    if data.bounds is not None:
         return tuple(data.bounds)
     x = data.open(split="train").tensors[0]
     lo, hi = float(x.min()), float(x.max())
