@@ -104,7 +104,7 @@ def main() -> None:
     print(f"convnet32 nf={args.nf} K={args.k} batch={args.batch} device={args.device} "
           f"threads={args.threads} torch {torch.__version__}")
     print(f"paper appendix loop : {b * 1000:8.1f} ms / iteration (median of {len(base)})")
-    print(f"ebmkit train()      : {o * 1000:8.1f} ms / iteration (median of {len(ours)})")
+    print(f"ebmkit.fit          : {o * 1000:8.1f} ms / iteration (median of {len(ours)})")
     print(f"ratio ebmkit / paper: {o / b:.3f}x")
 
 
