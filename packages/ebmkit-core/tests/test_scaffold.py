@@ -112,17 +112,19 @@ def test_scaffolded_package_installed_from_outside_the_repo(tmp_path):
     venv = tmp_path / "venv"
     env = {**os.environ, "VIRTUAL_ENV": str(venv)}
     env.pop("PYTHONPATH", None)
+    for key in [k for k in env if k.startswith("UV_")]:  # nox's uv backend points uv at its own venv
+        env.pop(key)
     run = lambda *a, **k: subprocess.run(a, env=env, capture_output=True, text=True,  # noqa: E731
                                          timeout=600, **k)
     assert run(uv, "venv", "-q", str(venv)).returncode == 0
-    p = run(uv, "pip", "install", "-q", str(ROOT / "packages/ebmkit-core"),
+    p = run(uv, "pip", "install", "-q", "--python", str(venv / "bin" / "python"), str(ROOT / "packages/ebmkit-core"),
             str(ROOT / "packages/ebmkit-testing"))
     assert p.returncode == 0, p.stderr
     bin_ = venv / "bin"
     p = run(str(bin_ / "ebmkit"), "plugin", "new", "outside-sampler", cwd=tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
     pkg = tmp_path / "ebmkit-outside-sampler"
-    p = run(uv, "pip", "install", "-q", str(pkg))
+    p = run(uv, "pip", "install", "-q", "--python", str(venv / "bin" / "python"), str(pkg))
     assert p.returncode == 0, p.stderr
     p = run(str(bin_ / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=pkg)
     assert p.returncode == 0 and "failed" not in p.stdout, p.stdout[-3000:] + p.stderr[-2000:]

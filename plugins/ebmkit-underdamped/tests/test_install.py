@@ -22,6 +22,8 @@ def test_install_run_uninstall_in_a_fresh_venv(tmp_path):
     venv = tmp_path / "venv"
     env = {**os.environ, "VIRTUAL_ENV": str(venv), "COLUMNS": "200", "MPLBACKEND": "Agg"}
     env.pop("PYTHONPATH", None)
+    for key in [k for k in env if k.startswith("UV_")]:  # nox's uv backend points uv at its own venv
+        env.pop(key)
 
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True,
@@ -29,12 +31,12 @@ def test_install_run_uninstall_in_a_fresh_venv(tmp_path):
 
     ebmkit = str(venv / "bin" / "ebmkit")
     assert run(uv, "venv", "-q", str(venv)).returncode == 0
-    p = run(uv, "pip", "install", "-q", str(ROOT / "packages/ebmkit-core"))
+    p = run(uv, "pip", "install", "-q", "--python", str(venv / "bin" / "python"), str(ROOT / "packages/ebmkit-core"))
     assert p.returncode == 0, p.stderr
     p = run(ebmkit, "list", "samplers")
     assert p.returncode == 0 and "underdamped" not in p.stdout, p.stdout
 
-    p = run(uv, "pip", "install", "-q", str(ROOT / "plugins/ebmkit-underdamped"))
+    p = run(uv, "pip", "install", "-q", "--python", str(venv / "bin" / "python"), str(ROOT / "plugins/ebmkit-underdamped"))
     assert p.returncode == 0, p.stderr
     p = run(ebmkit, "list", "samplers")
     assert p.returncode == 0 and "underdamped" in p.stdout and "ebmkit-underdamped" in p.stdout
