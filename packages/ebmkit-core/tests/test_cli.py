@@ -134,3 +134,14 @@ def test_sampling_a_persistent_run_starts_from_its_noise(cli, tmp_path):
     assert code == 0, err
     code, _, err = cli("sample", out_dir / "model.safetensors", "--init", "data", "-o", tmp_path / "h.png")
     assert code == 2 and "init 'data' cannot start chains without data" in err
+
+
+def test_ctrl_c_is_not_success(monkeypatch, capsys):
+    """typer (standalone_mode=False) returns 130 on Ctrl-C instead of raising: main() must turn
+    it into the interrupted message and a non-zero exit code."""
+    import typer
+    from ebmkit.cli.main import main
+
+    monkeypatch.setattr(typer.Typer, "__call__", lambda self, *a, **k: 130)
+    assert main(["list"]) == 130
+    assert "interrupted" in capsys.readouterr().err

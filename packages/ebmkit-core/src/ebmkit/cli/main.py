@@ -387,7 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors become one line on stderr and a non-zero exit code."""
     try:
         _add_plugin_commands()
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)
+        if rv == 130:  # click/typer turn Ctrl-C into a return value when not standalone
+            raise KeyboardInterrupt
     except EbmkitError as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return _exit(exc.exit_code, argv)
