@@ -241,9 +241,6 @@ class RunConfig:
         return self.train.sample_steps
 
 
-RunSpec = RunConfig  # the earlier name
-
-
 def _registry(registry):
     if registry is not None:
         return registry
@@ -252,7 +249,7 @@ def _registry(registry):
     return build_registry()
 
 
-def resolve(doc: Mapping[str, Mapping[str, Any]], registry) -> RunSpec:
+def resolve(doc: Mapping[str, Mapping[str, Any]], registry) -> RunConfig:
     check_sections(doc, "run config")
     doc = merge(DEFAULT_DOC, doc)
     classes: dict[str, type | None] = {}

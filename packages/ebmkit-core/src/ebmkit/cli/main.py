@@ -113,7 +113,7 @@ def run(
 ):
     """Train an EBM (Algorithm 1): data -> MCMC negatives -> mean U(x+) - mean U(x-)."""
     from .. import api
-    from ..runconfig import build_document, load_toml, resolve
+    from ..runconfig import RunConfig, build_document, load_toml, resolve
 
     reg = _registry()
     overrides = list(set_ or [])
@@ -137,7 +137,8 @@ def run(
                                   + ", ".join(f"train.{k}" for k in sorted(api.RESUMABLE)))
             train_opts[key] = value
         out_dir = resume
-        spec = resolve({**load_toml(resume / "run.toml"), }, reg) if (resume / "run.toml").is_file() else None
+        # the header line only; fit() reports a missing or damaged run.toml
+        spec = RunConfig.from_toml(resume / "run.toml", registry=reg) if (resume / "run.toml").is_file() else None
         fit_args = dict(out_dir=resume, resume=True, **train_opts)
     else:
         data_name, data_over = _data_name(data)
