@@ -90,8 +90,9 @@ def test_one_checkpoint_written_by_the_main_process(two_ranks):
     root, _, _ = two_ranks
     run = root / "run"
     assert sorted(p.name for p in run.glob("*.safetensors")) == ["model.safetensors"]
-    assert sorted(p.name for p in (run / "train_state").iterdir()) == [
-        "rank0.safetensors", "rank1.safetensors", "state.json"]
-    assert json.loads((run / "train_state" / "state.json").read_text())["world_size"] == 2
+    latest = run / "checkpoints" / (run / "checkpoints" / "LATEST").read_text().strip()
+    assert sorted(p.name for p in latest.iterdir()) == [
+        "model.safetensors", "rank0.safetensors", "rank1.safetensors", "state.json"]
+    assert json.loads((latest / "state.json").read_text())["world_size"] == 2
     rows = (run / "diagnostics.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + ITERS  # header + one row per iteration, written once (main only)

@@ -171,8 +171,9 @@ def test_fit_with_out_dir_writes_what_ebmkit_run_writes(tmp_path, registry, cli,
     files = _files(lib)
     assert files == _files(tmp_path / "cli")
     assert {"run.toml", "model.safetensors", "diagnostics.csv", "samples/final.png",
-            "samples/iter_000001.png", "plots/diagnostics.png", "train_state/state.json",
-            "train_state/rank0.safetensors"} <= files
+            "samples/iter_000001.png", "plots/diagnostics.png", "checkpoints/LATEST",
+            "checkpoints/step-000002/state.json", "checkpoints/step-000002/rank0.safetensors",
+            "checkpoints/step-000002/model.safetensors"} <= files
     # the same run: the same document and the same weights
     assert (lib / "run.toml").read_text() == (tmp_path / "cli" / "run.toml").read_text()
     a, b = load_file(str(lib / "model.safetensors")), load_file(str(tmp_path / "cli" / "model.safetensors"))

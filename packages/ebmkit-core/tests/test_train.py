@@ -86,7 +86,8 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(reg, tmp_path):
     part = tmp_path / "part"
     r = fit(config=spec, out_dir=part, registry=reg, stop_after=4)  # "killed" during iteration 5
     assert r.step == 4
-    assert json.loads((part / "train_state" / "state.json").read_text())["step"] == 3
+    assert (part / "checkpoints" / "LATEST").read_text().strip() == "step-000003"
+    assert json.loads((part / "checkpoints" / "step-000003" / "state.json").read_text())["step"] == 3
     r = fit(out_dir=part, resume=True, registry=reg)
     assert r.step == 7
 
@@ -94,8 +95,8 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(reg, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    sa = load_file(str(full / "train_state" / "rank0.safetensors"))
-    sb = load_file(str(part / "train_state" / "rank0.safetensors"))
+    sa = load_file(str(full / "checkpoints" / "step-000007" / "rank0.safetensors"))
+    sb = load_file(str(part / "checkpoints" / "step-000007" / "rank0.safetensors"))
     for k in sa:
         assert torch.equal(sa[k], sb[k]), k
     da, db = read_csv(full / "diagnostics.csv"), read_csv(part / "diagnostics.csv")

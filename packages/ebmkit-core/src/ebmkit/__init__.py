@@ -40,6 +40,7 @@ from .errors import (
     EbmkitError,
     MissingDependencyError,
     PluginError,
+    TrainingInterrupted,
     UnknownComponentError,
 )
 from .hookspecs import hookimpl
@@ -84,6 +85,7 @@ __all__ = [
     "InMemoryData", "Initializer", "LambdaCallback", "MissingDependencyError", "PluginError",
     "Preset", "Prior", "PriorInitializer", "ProgressBar", "Registry", "Run", "RunConfig",
     "SampleGrids", "Sampler", "StepInfo", "StepOutput", "TensorBoard", "TrainConfig",
+    "TrainingInterrupted",
     "UnknownComponentError", "__version__", "build_registry", "chain_grad_norm",
     "chain_layout_for", "chain_sum", "default_callbacks", "energy_and_grad", "evaluate", "fit",
     "frozen",

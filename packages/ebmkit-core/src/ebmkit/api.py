@@ -22,7 +22,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from . import checkpoint as ckpt
 from .callbacks import Callback, default_callbacks
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, TrainingInterrupted
 from .interfaces import (
     DataSource,
     Energy,
@@ -51,7 +51,7 @@ from .training import Run, make_optimizer, pick_device, run_loop
 
 #: ``train.*`` keys a resumed run may change (the rest would change what it learns).
 RESUMABLE = frozenset({"iterations", "sample_every", "checkpoint_every", "log_every", "plots",
-                       "grid_size", "device", "sample_steps", "tensorboard"})
+                       "grid_size", "device", "sample_steps", "tensorboard", "keep"})
 _KINDS = {"energy": "energy", "sampler": "sampler", "init": "initializer", "data": "dataset"}
 
 
@@ -184,9 +184,8 @@ def fit(
         if train_options:
             doc = merge(doc, {"train": train_options})
         cfg = resolve(doc, reg)
-        if out is not None and (out / "model.safetensors").exists() and not force:
-            raise ConfigError(f"{out} already holds a run; resume it (resume=True / --resume {out}), "
-                              "choose another output directory, or force=True / --force")
+        if out is not None:
+            _check_out_dir(out, force=force)
     cbs = default_callbacks(cfg, out, progress=progress, console=console)
     cbs.extend(callbacks)
     pm = getattr(reg, "pm", None)
@@ -194,7 +193,28 @@ def fit(
         from .plugins import plugin_callbacks
 
         cbs.extend(plugin_callbacks(pm, cfg, out))
-    return _train(cfg, objects, out, cbs, resume=resume, stop_after=stop_after)
+    say = (lambda msg: console.print(msg, highlight=False, markup=False)) if console is not None else None
+    return _train(cfg, objects, out, cbs, resume=resume, stop_after=stop_after, say=say)
+
+
+#: What makes a directory "hold a run": a fresh run there needs force=True / --force.
+RUN_MARKERS = ("run.toml", "model.safetensors", "checkpoints", "train_state")
+
+
+def _check_out_dir(out: Path, *, force: bool) -> None:
+    """A fresh run's directory: refuse one that holds a run (unless forced); create it now, so
+    a path that cannot be a directory fails before anything else happens."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output directory {out} is a file; choose another --out / out_dir")
+    held = [m for m in RUN_MARKERS if (out / m).exists()]
+    if held and not force:
+        raise ConfigError(f"{out} already holds a run ({held[0]}); resume it (resume=True / "
+                          f"--resume {out}), choose another output directory, or force=True / --force")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create output directory {out} ({exc.strerror or exc}); "
+                          "choose another --out / out_dir") from None
 
 
 def _base_document(config, preset, reg) -> dict:
@@ -253,7 +273,7 @@ def _component(doc: dict, section: str, value: Any, reg) -> tuple[dict, Any]:
 
 
 def _train(cfg: RunConfig, objects: dict[str, Any], out: Path | None, callbacks: Sequence[Callback],
-           *, resume: bool, stop_after: int | None) -> EBM:
+           *, resume: bool, stop_after: int | None, say: Any = None) -> EBM:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -288,11 +308,26 @@ def _train(cfg: RunConfig, objects: dict[str, Any], out: Path | None, callbacks:
         data_generator=torch.Generator().manual_seed(tc.seed * 7919 + 1 + rank),
         resume=resume,
     )
+    if acc.is_main_process:
+        run.say = say or print
     run_loop(run, callbacks, energy_ddp=energy_ddp, stop_after=stop_after)
     model.eval()  # as ebmkit.load returns it: energies of a fitted and a loaded model agree
     ebm = run.model()
     ebm.out_dir, ebm.last, ebm.completed = out, dict(run.row), run.completed
+    if run.interrupted:
+        raise _interrupted(run, ebm)
     return ebm
+
+
+def _interrupted(run: Run, ebm: EBM) -> TrainingInterrupted:
+    name = {2: "SIGINT", 15: "SIGTERM"}.get(run.interrupted, f"signal {run.interrupted}")
+    if run.saved is not None and run.out_dir is not None:
+        where = (f"checkpoint: {run.saved}; continue with: ebmkit run --resume {run.out_dir} "
+                 "(or ebmkit.fit(out_dir=..., resume=True))")
+    else:
+        where = "nothing was saved (no out_dir); the model so far is the exception's .model"
+    return TrainingInterrupted(f"interrupted by {name} after iteration {run.step}; {where}",
+                               signum=run.interrupted, model=ebm, checkpoint=run.saved)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,9 +358,14 @@ def load(
 
     reg = registry if registry is not None else build_registry()
     path = Path(path)
-    run_dir = None
-    if path.is_dir():
-        run_dir, path = path, path / "model.safetensors"
+    run_dir = state = None
+    if path.is_dir():  # a run directory: its newest complete checkpoint (model + chains)
+        run_dir = path
+        found = ckpt.find_checkpoint(run_dir)
+        if found is not None:
+            path, state = found[0] / ckpt.MODEL, found[0] / "rank0.safetensors"
+        else:
+            path, state = run_dir / ckpt.MODEL, run_dir / "train_state" / "rank0.safetensors"
         if not path.is_file():
             raise CheckpointError(f"{run_dir} holds no model.safetensors (is it an ebmkit run directory?)")
     dev = pick_device(str(device))
@@ -360,7 +400,6 @@ def load(
             ini = cfg.initializer(shape)
             if init is not None and ini.needs_data:
                 raise ConfigError(f"init '{ini.name}' cannot start chains without data; use init 'noise'")
-    state = run_dir / "train_state" / "rank0.safetensors" if run_dir is not None else None
     if state is not None and state.is_file() and init is None:
         tensors = ckpt.load_state(state)
         try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -214,99 +215,188 @@ class DiagnosticPlots(Callback):
 
 
 class Checkpoint(Callback):
-    """The run directory's model and resume state.
+    """The run directory's model and resume state, crash-consistent.
 
-    * at the start: writes ``run.toml`` (fresh run) or restores the state saved in
-      ``train_state/`` (resume: weights, optimizer, initializer state, RNG, step);
-    * every ``every`` iterations and at the end: ``model.safetensors`` (weights + run document)
-      and ``train_state/`` (tensors in safetensors, the rest in JSON; ``state.json`` last).
+    * at the start: removes what interrupted saves left behind, then writes ``run.toml`` (fresh
+      run) or restores the newest complete checkpoint (resume: weights, optimizer, initializer
+      state, RNG, step) and says which;
+    * every ``every`` iterations, at the end, and when the run is interrupted (SIGINT/SIGTERM):
+      ``checkpoints/step-NNNNNN/`` (``model.safetensors``, ``rank<r>.safetensors``,
+      ``state.json``) written in full under a temporary name, fsynced, renamed, and only then
+      made current by replacing ``checkpoints/LATEST``; the top-level ``model.safetensors`` (the
+      file users share) is then pointed at it and all but the ``keep`` newest are removed.
+
+    A kill at any moment leaves the previous complete checkpoint in place (see
+    docs/reliability.md; tests/test_kill.py kills runs at every point of a save).
     """
 
-    def __init__(self, out_dir: Path, *, every: int = 0, run_toml: bool = True):
-        self.out_dir, self.every, self.run_toml = Path(out_dir), every, run_toml
+    def __init__(self, out_dir: Path, *, every: int = 0, run_toml: bool = True, keep: int = 2):
+        self.out_dir, self.every, self.run_toml, self.keep = Path(out_dir), every, run_toml, keep
+        self.last_saved: Path | None = None
 
     @property
     def model_path(self) -> Path:
-        return self.out_dir / "model.safetensors"
+        return self.out_dir / ckpt.MODEL
 
     def on_resume(self, run):
-        run.step = load_state(self.out_dir, run)
+        if run.is_main:
+            _clean(self.out_dir)
+        run.accelerator.wait_for_everyone()
+        found = load_state(self.out_dir, run)
+        if found is None:  # killed before the first checkpoint: start again from iteration 0
+            run.say(f"no complete checkpoint in {self.out_dir}; starting again from iteration 0 "
+                    "with its run.toml")
+            run.resume = False
+            return
+        run.step, where = found
         run.setup_done = True
+        self.last_saved = where
+        run.say(f"resuming from {where} (iteration {run.step})")
 
     def on_fit_start(self, run):
-        if not run.resume and run.is_main:
+        if run.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            if self.run_toml:
-                ckpt.atomic_write_text(self.out_dir / "run.toml", run.config.to_toml())
+            if not run.resume:
+                _clean(self.out_dir)
+                _discard_old_run(self.out_dir)  # a forced fresh run: old checkpoints must not mix in
+                if self.run_toml:
+                    ckpt.atomic_write_text(self.out_dir / "run.toml", run.config.to_toml())
 
     def on_step_end(self, run, out):
         if self.every and run.step % self.every == 0 and run.step < run.train.iterations:
-            save_state(self.out_dir, run)
+            self.last_saved = save_state(self.out_dir, run, keep=self.keep)
+            run.saved = self.last_saved
 
     def on_fit_end(self, run):
-        if run.completed:
-            save_state(self.out_dir, run)
+        if not (run.completed or run.interrupted) or run.step == 0:
+            return
+        if self.last_saved is not None and self.last_saved.name == ckpt.step_dir_name(run.step):
+            run.saved = self.last_saved
+            return  # this step is already committed
+        self.last_saved = save_state(self.out_dir, run, keep=self.keep)
+        run.saved = self.last_saved
+
+
+def _clean(out_dir: Path) -> None:
+    """Remove temporaries of interrupted saves (top level, checkpoints/, legacy train_state/)."""
+    for d in (out_dir, out_dir / ckpt.CHECKPOINTS, out_dir / STATE_DIR):
+        ckpt.remove_stale_temporaries(d)
+
+
+def _discard_old_run(out_dir: Path) -> None:
+    for name in (ckpt.CHECKPOINTS, STATE_DIR):
+        old = out_dir / name
+        if old.is_dir():
+            trash = out_dir / f".tmp-old-{name}"
+            shutil.rmtree(trash, ignore_errors=True)
+            old.rename(trash)
+            shutil.rmtree(trash, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
-# resume state: model.safetensors + train_state/ (tensors in safetensors, the rest in JSON)
+# resume state: checkpoints/step-N/{model,rank<r>}.safetensors + state.json (tensors in
+# safetensors, the rest in JSON; nothing pickled)
 # ---------------------------------------------------------------------------------------------
-def save_state(out_dir: Path, run: Run) -> None:
+def save_state(out_dir: Path, run: Run, *, keep: int = 2) -> Path:
+    """Commit the checkpoint of ``run.step`` (see :func:`ebmkit.checkpoint.save_checkpoint`)."""
     acc = run.accelerator
-    sdir = Path(out_dir) / STATE_DIR
     opt_tensors, opt_rest = ckpt.flatten_optimizer(run.optimizer.state_dict())
     tensors = dict(opt_tensors)
     for k, v in run.initializer.state_dict().items():
         tensors[f"init.{k}"] = v
     tensors["rng.chain"] = run.generator.get_state().clone()
     tensors["rng.data"] = run.data_generator.get_state().clone()
-    ckpt.save_state(sdir / f"rank{run.rank}.safetensors", tensors, step=run.step)
-    acc.wait_for_everyone()
-    if run.is_main:
-        ckpt.save_energy(Path(out_dir) / "model.safetensors", run.energy, doc=run.config.to_dict(),
-                         step=run.step, shape=run.shape)
+
+    def write_rank(d: Path) -> None:
+        ckpt.write_tensors(d / f"rank{run.rank}.safetensors", tensors, ckpt.state_meta(run.step))
+
+    def write_main(d: Path) -> None:
+        ckpt.save_energy(d / ckpt.MODEL, run.energy, doc=run.config.to_dict(), step=run.step,
+                         shape=run.shape, fault="save-model")
+        ckpt._fault("save-model")
         info = {"step": run.step, "world_size": run.world_size, "optimizer": opt_rest}
-        ckpt.atomic_write_text(sdir / "state.json", json.dumps(info))  # written last: the commit
-    acc.wait_for_everyone()
+        (d / ckpt.STATE_JSON).write_text(json.dumps(info), encoding="utf-8")
+        ckpt.fsync_file(d / ckpt.STATE_JSON)
+        ckpt._fault("save-state")
+
+    return ckpt.save_checkpoint(out_dir, run.step, write_rank=write_rank, write_main=write_main,
+                                rank=run.rank, is_main=run.is_main,
+                                barrier=acc.wait_for_everyone, keep=keep)
 
 
-def load_state(out_dir: Path, run: Run) -> int:
+def load_state(out_dir: Path, run: Run) -> tuple[int, Path] | None:
+    """Restore the newest complete checkpoint into ``run``; returns ``(step, directory)``, or
+    ``None`` when the run directory has none (a run killed before its first save)."""
     out_dir = Path(out_dir)
-    sdir = out_dir / STATE_DIR
-    info_path = sdir / "state.json"
-    if not info_path.is_file():
-        raise CheckpointError(f"nothing to resume in {out_dir}: {info_path} is missing")
-    try:
-        info = json.loads(info_path.read_text())
-        step = int(info["step"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{info_path} is damaged ({exc})") from None
+    found = ckpt.find_checkpoint(out_dir)
+    if found is None:
+        if (out_dir / STATE_DIR / ckpt.STATE_JSON).is_file():  # written by ebmkit < 0.2
+            return _load_legacy(out_dir, run), out_dir / STATE_DIR
+        if ckpt.list_checkpoints(out_dir):
+            raise CheckpointError(f"no checkpoint in {out_dir / ckpt.CHECKPOINTS} is complete and "
+                                  "readable; start again with --force (or a new --out)")
+        return None
+    where, info, notes = found
+    for note in notes:
+        run.say(note)
+    if run.is_main:  # newer, damaged directories would confuse rotation: remove them
+        for step, path in ckpt.list_checkpoints(out_dir):
+            if step > info["step"]:
+                shutil.rmtree(path, ignore_errors=True)
+    run.accelerator.wait_for_everyone()
+    _restore(where, where / f"rank{run.rank}.safetensors", info, run)
+    return info["step"], where
+
+
+def _check_world(out_dir: Path, info: dict, run: Run) -> None:
     if int(info.get("world_size", 1)) != run.world_size:
         raise CheckpointError(
             f"{out_dir} was saved by {info.get('world_size')} process(es); resume it with the same "
             f"number (got {run.world_size}) so each rank gets its own persistent chains back"
         )
-    model_path = out_dir / "model.safetensors"
-    meta = ckpt.read_metadata(model_path)
-    if int(meta.get("step", -1)) != step:
-        raise CheckpointError(f"{out_dir}: model.safetensors is at step {meta.get('step')} but the state at {step}")
+
+
+def _restore(where: Path, rank_file: Path, info: dict, run: Run, model_path: Path | None = None) -> None:
+    _check_world(where, info, run)
+    step = info["step"]
+    model_path = model_path or where / ckpt.MODEL
     ckpt.load_weights(model_path, run.energy)
-    tensors = ckpt.load_state(sdir / f"rank{run.rank}.safetensors", step=step)
-    run.optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, info["optimizer"]))
+    tensors = ckpt.load_state(rank_file, step=step)
+    try:
+        run.optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, info["optimizer"]))
+    except (ValueError, KeyError, IndexError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{where}: the saved optimizer state does not fit this run ({first}); "
+                              "was the energy or the optimizer changed?") from None
     dev = run.device
     try:
         run.initializer.load_state_dict({k[5:]: v.to(dev) for k, v in tensors.items()
                                          if k.startswith("init.")})
-    except ValueError as exc:
-        raise CheckpointError(f"{out_dir}: cannot restore the initializer ({exc})") from None
-    run.generator.set_state(tensors["rng.chain"])
-    run.data_generator.set_state(tensors["rng.data"])
-    return step
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{where}: cannot restore the initializer ({exc})") from None
+    try:
+        run.generator.set_state(tensors["rng.chain"])
+        run.data_generator.set_state(tensors["rng.data"])
+    except (KeyError, RuntimeError, TypeError) as exc:
+        raise CheckpointError(f"{rank_file}: the random-number state is missing or damaged ({exc})") from None
+
+
+def _load_legacy(out_dir: Path, run: Run) -> int:
+    """Resume a run directory written before checkpoints/ (``train_state/`` + top-level model)."""
+    sdir = out_dir / STATE_DIR
+    info = ckpt.read_state_info(sdir / ckpt.STATE_JSON)
+    meta = ckpt.read_checkpoint(out_dir / ckpt.MODEL)
+    if meta["step"] != info["step"]:
+        raise CheckpointError(f"{out_dir}: model.safetensors is at step {meta['step']} but "
+                              f"train_state at {info['step']}; this old-layout run cannot be resumed")
+    _restore(out_dir, sdir / f"rank{run.rank}.safetensors", info, run, model_path=out_dir / ckpt.MODEL)
+    return info["step"]
 
 
 def describe_state(out_dir: Path) -> dict[str, Any]:
-    info_path = Path(out_dir) / STATE_DIR / "state.json"
-    return json.loads(info_path.read_text()) if info_path.is_file() else {}
+    """``state.json`` of the newest complete checkpoint (``{}`` when there is none)."""
+    found = ckpt.find_checkpoint(Path(out_dir))
+    return dict(found[1], directory=str(found[0])) if found else {}
 
 
 def _progress(console):
@@ -346,7 +436,7 @@ def default_callbacks(run_config, out_dir: Path | None, *, progress: bool = True
     cbs.append(CSVLogger(out_dir / "diagnostics.csv", every=cfg.log_every))
     if _want_tensorboard(cfg):
         cbs.append(TensorBoard(out_dir, every=cfg.log_every))
-    cbs.append(Checkpoint(out_dir, every=cfg.checkpoint_every))
+    cbs.append(Checkpoint(out_dir, every=cfg.checkpoint_every, keep=cfg.keep))
     cbs.append(SampleGrids(out_dir / "samples", every=cfg.sample_every, size=cfg.grid_size))
     if cfg.plots:
         cbs.append(DiagnosticPlots(out_dir / "diagnostics.csv", out_dir / "plots"))

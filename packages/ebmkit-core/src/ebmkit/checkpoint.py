@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import re
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -60,26 +61,109 @@ def load_weights(path: Path, module: torch.nn.Module, *, strict: bool = True) ->
         raise CheckpointError(f"{path}: the weights do not fit this energy ({first})") from None
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path`` (same directory, atomic on POSIX)."""
+def _fault(point: str) -> None:
+    """A test-only kill point: ``EBMKIT_TEST_KILL_AT=POINT[@N]`` SIGKILLs this process the N-th
+    time (default 1st) ``POINT`` is reached (the points are listed in :data:`KILL_POINTS`). The kill test (tests/test_kill.py) uses it to stop
+    a run between any two writes of a checkpoint. Unset, this is one dictionary lookup."""
+    spec = os.environ.get("EBMKIT_TEST_KILL_AT")
+    if not spec:
+        return
+    want, _, nth = spec.partition("@")
+    if want != point:
+        return
+    _FAULT_COUNTS[point] = _FAULT_COUNTS.get(point, 0) + 1
+    if _FAULT_COUNTS[point] == int(nth or 1):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_FAULT_COUNTS: dict[str, int] = {}
+TMP_SUFFIX = ".tmp"
+
+
+def _new_temp(path: Path) -> Path:
+    """Create an empty temporary file next to ``path`` with the user's umask (``mkstemp`` would
+    make it 0600); the name starts with ``.`` and ends with ``.tmp`` so stale ones are found."""
+    import secrets
+
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+        try:
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"cannot create a temporary file next to {path}")  # pragma: no cover
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a file's data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries (renames, new files) to the disk, where the OS allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - e.g. some network file systems
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write, *, fault: str | None = None) -> None:
+    """Call ``write(tmp_path)``, fsync, then rename onto ``path`` (atomic on POSIX): a reader
+    sees the old file or the new one, never a part. The new file gets the user's umask."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _new_temp(path)
     try:
-        write(tmp)
+        if fault:
+            _fault(f"{fault}-tmp")
+        write(str(tmp))
+        fsync_file(tmp)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda p: Path(p).write_text(text))
+def atomic_write_text(path: Path, text: str, *, fault: str | None = None) -> None:
+    atomic_write(path, lambda p: Path(p).write_text(text, encoding="utf-8"), fault=fault)
+
+
+def remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Remove what interrupted writes left in ``directory`` (not recursive): ``.NAME.XXXX.tmp``
+    files of :func:`atomic_write` and ``.tmp-*`` directories of a checkpoint being written.
+    Returns what was removed."""
+    directory = Path(directory)
+    removed: list[Path] = []
+    if not directory.is_dir():
+        return removed
+    for p in directory.iterdir():
+        if p.name.startswith(".tmp-") and p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+        elif p.name.startswith(".") and p.name.endswith(TMP_SUFFIX) and p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def save_energy(path: Path, energy: torch.nn.Module, *, doc: Mapping[str, Any] | None, step: int,
-                shape: tuple[int, ...] | None = None, extra_meta: Mapping[str, str] | None = None) -> Path:
+                shape: tuple[int, ...] | None = None, extra_meta: Mapping[str, str] | None = None,
+                fault: str | None = None) -> Path:
     """Write ``energy``'s weights and metadata to ``path`` atomically.
 
     ``doc`` is the run document (``None`` for a hand-built model: the energy is then recorded
@@ -102,7 +186,7 @@ def save_energy(path: Path, energy: torch.nn.Module, *, doc: Mapping[str, Any] |
     }
 
     meta.update(extra_meta or {})
-    atomic_write(Path(path), lambda p: save_file(tensors, p, metadata=meta))
+    atomic_write(Path(path), lambda p: save_file(tensors, p, metadata=meta), fault=fault)
     return Path(path)
 
 
@@ -122,27 +206,89 @@ def read_metadata(path: Path) -> dict[str, str]:
         ) from None
 
 
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:+-]{0,199}$")
+
+
+def _bad(path: Path, field: str, problem: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path}: metadata field '{field}' {problem}; the file is damaged or was not written by "
+        "ebmkit (write it again with EBM.save or ebmkit run)")
+
+
+def _int_field(path: Path, meta: Mapping[str, str], field: str, *, low: int = 0,
+               default: str | None = None) -> int:
+    raw = meta.get(field, default)
+    if raw is None:
+        raise _bad(path, field, "is missing")
+    if not (isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 18):
+        raise _bad(path, field, f"must be a non-negative integer, not {_show(raw)}")
+    value = int(raw)
+    if value < low:
+        raise _bad(path, field, f"must be at least {low}, not {value}")
+    return value
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _json_field(path: Path, meta: Mapping[str, str], field: str) -> Any:
+    raw = meta.get(field)
+    if raw is None:
+        raise _bad(path, field, "is missing")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise _bad(path, field, "is not valid JSON") from None
+
+
+def validate_shape(path: Path, value: Any, field: str = "shape") -> tuple[int, ...]:
+    if not (isinstance(value, list) and 1 <= len(value) <= 8):
+        raise _bad(path, field, f"must be a list of 1 to 8 sizes, not {_show(value)}")
+    if not all(type(v) is int and 1 <= v <= 1 << 20 for v in value):
+        raise _bad(path, field, f"must hold positive integer sizes, not {_show(value)}")
+    return tuple(value)
+
+
+def validate_document(path: Path, doc: Any, field: str = "config") -> dict[str, dict[str, Any]]:
+    """A run document: a JSON object of tables (string keys), each section's ``name`` a name."""
+    if not isinstance(doc, dict):
+        raise _bad(path, field, f"must be a JSON object of tables, not {type(doc).__name__}")
+    for section, table in doc.items():
+        if not isinstance(table, dict):
+            raise _bad(path, f"{field}.{section}", f"must be a table, not {type(table).__name__}")
+        name = table.get("name")
+        if name is not None and not (isinstance(name, str) and _NAME_RE.match(name)):
+            raise _bad(path, f"{field}.{section}.name", f"is not a component name: {_show(name)}")
+    return doc
+
+
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """The validated metadata of an energy checkpoint: ``config`` (the run document, a dict),
-    ``shape`` (tuple), ``step`` (int), ``energy`` (name), plus
-    the raw string fields."""
+    ``shape`` (tuple), ``step`` (int), ``energy`` (name), plus the raw string fields.
+
+    Every field is checked (format version, names, types, shapes) before any tensor is read;
+    a malformed one is a one-line :class:`CheckpointError` naming the file and the field."""
     path = Path(path)
     meta = read_metadata(path)
-    if meta.get("format") != FORMAT:
-        found = meta.get("format", "no ebmkit metadata")
+    fmt = meta.get("format")
+    if fmt != FORMAT:
+        if isinstance(fmt, str) and fmt.startswith("ebmkit.energy/"):
+            raise CheckpointError(
+                f"{path}: format {_show(fmt)} is not one this ebmkit reads ({FORMAT}); "
+                "upgrade ebmkit-core or export the model again")
+        found = _show(fmt) if fmt is not None else "no ebmkit metadata"
         raise CheckpointError(
             f"{path} is not an ebmkit energy checkpoint (format: {found}); "
             "expected a file written by `ebmkit run` or EBM.save"
         )
-    try:
-        doc = json.loads(meta["config"])
-        shape = tuple(int(s) for s in json.loads(meta["shape"]))
-        name = str(meta["energy"])
-        step = int(meta.get("step", 0))
-        if not isinstance(doc, dict) or not all(isinstance(v, dict) for v in doc.values()):
-            raise ValueError("config is not a document of tables")
-    except (KeyError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"{path}: damaged ebmkit metadata ({exc})") from None
+    name = meta.get("energy")
+    if not (isinstance(name, str) and _NAME_RE.match(name)):
+        raise _bad(path, "energy", f"is not a component name: {_show(name)}")
+    step = _int_field(path, meta, "step", default="0")
+    shape = validate_shape(path, _json_field(path, meta, "shape"))
+    doc = validate_document(path, _json_field(path, meta, "config"))
     out: dict[str, Any] = dict(meta)
     out.update(config=doc, shape=shape, step=step, energy=name)
     return out
@@ -213,22 +359,241 @@ def unflatten_optimizer(tensors: Mapping[str, Tensor], rest: Mapping[str, Any]) 
     return {"state": st, "param_groups": rest["param_groups"]}
 
 
-def save_state(path: Path, tensors: Mapping[str, Tensor], *, step: int) -> None:
+def write_tensors(path: Path, tensors: Mapping[str, Tensor], meta: Mapping[str, str]) -> None:
+    """Write a safetensors file in place and fsync it (inside a directory not yet committed)."""
     t = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    meta = {"format": STATE_FORMAT, "step": str(int(step)), "ebmkit_version": ebmkit_version()}
-    atomic_write(Path(path), lambda p: save_file(t, p, metadata=meta))
+    save_file(t, str(path), metadata=dict(meta))
+    fsync_file(Path(path))
+
+
+def state_meta(step: int) -> dict[str, str]:
+    return {"format": STATE_FORMAT, "step": str(int(step)), "ebmkit_version": ebmkit_version()}
+
+
+def save_state(path: Path, tensors: Mapping[str, Tensor], *, step: int) -> None:
+    """One training-state file written atomically (a standalone file, not a checkpoint dir)."""
+    t = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    atomic_write(Path(path), lambda p: save_file(t, p, metadata=state_meta(step)))
 
 
 def load_state(path: Path, *, step: int | None = None) -> dict[str, Tensor]:
+    path = Path(path)
     meta = read_metadata(path)
     if meta.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path} is not an ebmkit training-state file")
-    if step is not None and int(meta.get("step", -1)) != step:
+    found = _int_field(path, meta, "step")
+    if step is not None and found != step:
         raise CheckpointError(
-            f"{path} is from step {meta.get('step')} but the run is at step {step}; "
+            f"{path} is from step {found} but the run is at step {step}; "
             "the run directory is inconsistent (was a save interrupted?)"
         )
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path}: cannot read ({exc})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# The run directory's checkpoints: crash-consistent (write in full, fsync, rename, pointer last)
+# ---------------------------------------------------------------------------------------------
+CHECKPOINTS = "checkpoints"
+LATEST = "LATEST"
+MODEL = "model.safetensors"
+STATE_JSON = "state.json"
+#: Where ``EBMKIT_TEST_KILL_AT`` can stop a save, in the order they are reached.
+KILL_POINTS = ("save-tmpdir", "save-rank", "save-model-tmp", "save-model", "save-state", "save-renamed",
+               "save-latest-tmp", "save-latest", "save-link-tmp", "save-link", "save-rotated")
+_STEP_RE = re.compile(r"^step-(\d{6,12})$")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{int(step):06d}"
+
+
+def validate_state_info(path: Path, info: Any) -> dict[str, Any]:
+    """``state.json``: ``step`` (int >= 0), ``world_size`` (int >= 1), ``optimizer``
+    (``param_groups``: a list of tables, ``scalars``: a table)."""
+    def bad(field, problem):
+        return CheckpointError(f"{path}: field '{field}' {problem}; this checkpoint is damaged "
+                               "(resume picks an older complete one, if any)")
+
+    if not isinstance(info, dict):
+        raise bad("(top level)", f"must be a JSON object, not {type(info).__name__}")
+    for field, low in (("step", 0), ("world_size", 1)):
+        v = info.get(field, 1 if field == "world_size" else None)
+        if type(v) is not int or v < low:
+            raise bad(field, f"must be an integer >= {low}, not {_show(v)}")
+    opt = info.get("optimizer")
+    if not isinstance(opt, dict):
+        raise bad("optimizer", "must be a JSON object")
+    groups = opt.get("param_groups")
+    if not (isinstance(groups, list) and groups and all(isinstance(g, dict) for g in groups)):
+        raise bad("optimizer.param_groups", "must be a non-empty list of tables")
+    for g in groups:
+        params = g.get("params")
+        if not (isinstance(params, list) and all(type(i) is int and i >= 0 for i in params)):
+            raise bad("optimizer.param_groups.params", "must be a list of parameter indices")
+    if not isinstance(opt.get("scalars", {}), dict):
+        raise bad("optimizer.scalars", "must be a JSON object")
+    for key in opt.get("scalars", {}):
+        parts = key.split(".", 2)
+        if len(parts) != 3 or parts[0] != "optim" or not parts[1].isdigit():
+            raise bad("optimizer.scalars", f"has a malformed key {_show(key)}")
+    return info
+
+
+def read_state_info(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} cannot be read ({exc})") from None
+    try:
+        info = json.loads(text)
+    except (ValueError, RecursionError):
+        raise CheckpointError(f"{path} is not valid JSON; this checkpoint is damaged") from None
+    return validate_state_info(path, info)
+
+
+def check_checkpoint_dir(directory: Path) -> dict[str, Any]:
+    """The ``state.json`` of a complete checkpoint directory, after checking that the model and
+    every rank's state file are readable and at the same step (CheckpointError otherwise)."""
+    directory = Path(directory)
+    info = read_state_info(directory / STATE_JSON)
+    step = info["step"]
+    meta = read_checkpoint(directory / MODEL)
+    if meta["step"] != step:
+        raise CheckpointError(f"{directory}: the model is at step {meta['step']} but the state at {step}")
+    for r in range(info.get("world_size", 1)):
+        rpath = directory / f"rank{r}.safetensors"
+        rmeta = read_metadata(rpath)
+        if rmeta.get("format") != STATE_FORMAT or _int_field(rpath, rmeta, "step") != step:
+            raise CheckpointError(f"{rpath} does not belong to step {step}")
+    return info
+
+
+def list_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
+    """Committed-looking checkpoint directories of a run, newest first (not yet checked)."""
+    root = Path(out_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP_RE.match(p.name)
+        if m and p.is_dir():
+            found.append((int(m.group(1)), p))
+    return sorted(found, reverse=True)
+
+
+def read_latest(out_dir: Path) -> str | None:
+    """The name the ``LATEST`` pointer holds (``None`` when absent or unreadable)."""
+    try:
+        text = (Path(out_dir) / CHECKPOINTS / LATEST).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if _STEP_RE.match(text) else None
+
+
+def find_checkpoint(out_dir: Path) -> tuple[Path, dict[str, Any], list[str]] | None:
+    """The newest complete checkpoint of a run: ``(directory, state info, notes)``, where the
+    notes say which newer directories were skipped and why; ``None`` when there is none."""
+    notes: list[str] = []
+    for _step, path in list_checkpoints(out_dir):
+        try:
+            info = check_checkpoint_dir(path)
+        except CheckpointError as exc:
+            notes.append(f"skipped {path.name}: {exc}")
+            continue
+        return path, info, notes
+    return None
+
+
+def save_checkpoint(out_dir: Path, step: int, *, write_rank: Any, write_main: Any,
+                    rank: int = 0, is_main: bool = True, barrier: Any = None,
+                    keep: int = 2) -> Path:
+    """Write the checkpoint of ``step`` so that a kill at any moment leaves the previous one
+    intact: every rank writes into ``checkpoints/.tmp-step-N/`` (``write_rank(dir)``), the main
+    process adds the model and ``state.json`` (``write_main(dir)``), fsyncs, renames the
+    directory to ``checkpoints/step-N``, replaces the ``LATEST`` pointer, then points the
+    top-level ``model.safetensors`` at the new model (a hard link, or a copy) and removes all but
+    the ``keep`` newest checkpoints. Returns the committed directory."""
+    out_dir = Path(out_dir)
+    root = out_dir / CHECKPOINTS
+    name = step_dir_name(step)
+    tmp = root / f".tmp-{name}"
+    final = root / name
+    wait = barrier or (lambda: None)
+    try:
+        if is_main:
+            root.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+            _fault("save-tmpdir")
+        wait()
+        write_rank(tmp)
+        _fault("save-rank")
+        wait()
+        if is_main:
+            write_main(tmp)  # the model, then state.json (faults inside)
+            fsync_dir(tmp)
+            if final.exists():  # an uncommitted leftover of this step (or a re-save): replace
+                old = root / f".tmp-old-{name}"
+                shutil.rmtree(old, ignore_errors=True)
+                os.rename(final, old)
+                shutil.rmtree(old, ignore_errors=True)
+            os.rename(tmp, final)
+            fsync_dir(root)
+            _fault("save-renamed")
+            atomic_write_text(root / LATEST, name + "\n", fault="save-latest")
+            _fault("save-latest")
+            publish(final / MODEL, out_dir / MODEL)
+            _fault("save-link")
+            rotate(out_dir, keep=keep, current=final)
+            _fault("save-rotated")
+    except OSError as exc:
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        prev = find_checkpoint(out_dir)
+        kept = f"; the previous checkpoint {prev[0]} is intact" if prev else ""
+        raise CheckpointError(
+            f"cannot write the checkpoint of step {step} in {root} ({exc.strerror or exc}){kept}; "
+            "free space or fix the directory, then resume") from None
+    wait()
+    return final
+
+
+def publish(src: Path, dst: Path) -> None:
+    """Atomically make ``dst`` the same file as ``src`` (a hard link, or a copy)."""
+    tmp = _new_temp(dst)
+    tmp.unlink()
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+            fsync_file(tmp)
+        _fault("save-link-tmp")
+        os.replace(tmp, dst)
+        fsync_dir(dst.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def rotate(out_dir: Path, *, keep: int, current: Path | None = None) -> list[Path]:
+    """Remove all but the ``keep`` newest checkpoint directories (never ``current``); each is
+    renamed to a ``.tmp-old-*`` name first, so a kill mid-removal leaves no half directory."""
+    removed = []
+    root = Path(out_dir) / CHECKPOINTS
+    for i, (_step, path) in enumerate(list_checkpoints(out_dir)):
+        if i < keep or (current is not None and path == current):
+            continue
+        old = root / f".tmp-old-{path.name}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(path, old)
+        shutil.rmtree(old, ignore_errors=True)
+        removed.append(path)
+    return removed

@@ -65,6 +65,17 @@ class DivergenceError(EbmkitError):
     exit_code = 3
 
 
+class TrainingInterrupted(EbmkitError):
+    """Training stopped on SIGINT (Ctrl-C) or SIGTERM after finishing an iteration and writing a
+    checkpoint (with a run directory). ``model`` is the :class:`ebmkit.EBM` as trained so far;
+    the CLI exits with 130 (SIGINT) or 143 (SIGTERM), as a shell does for a killed command."""
+
+    def __init__(self, message: str, *, signum: int, model=None, checkpoint=None):
+        super().__init__(message)
+        self.signum, self.model, self.checkpoint = signum, model, checkpoint
+        self.exit_code = 128 + signum
+
+
 def require(module: str, *, what: str, install: str):
     """Import an optional dependency or raise a one-line :class:`MissingDependencyError`."""
     import importlib

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -57,12 +58,13 @@ class TrainConfig:
     steps_max: int | None = param(None, "If set, K is drawn uniformly from [sampler.steps, steps_max] every iteration (rebuttal: [100, 120]).", min=1)
     sample_steps: int | None = param(None, "K used when sampling from the trained model (default: sampler.steps).", min=0)
     convergent: bool = param(False, "Anatomy App. A recipe: U = F/(eps^2/2) (energy.scale), lr = (eps^2/2)*lr; needs sampler.step_size, SGD without momentum.")
-    seed: int = param(0, "Random seed (model init, data order, chains).")
+    seed: int = param(0, "Random seed (model init, data order, chains), 0 <= seed < 2**32.", min=0, max=2**32 - 1)
     device: str = param("auto", "auto, cpu, cuda, cuda:N or mps.")
     mixed_precision: str = param("no", "Autocast for the loss forward: no, bf16 or fp16 (Accelerate).", choices=("no", "bf16", "fp16"))
     log_every: int = param(1, "Write diagnostics every N iterations.", min=1)
     sample_every: int = param(100, "Write a sample grid every N iterations (0 = only at the end).", min=0)
     checkpoint_every: int = param(500, "Write model.safetensors and the resume state every N iterations (0 = only at the end).", min=0)
+    keep: int = param(2, "Complete checkpoints kept in checkpoints/ (older ones are removed once a newer one is committed).", min=1)
     grid_size: int = param(64, "Samples in each grid.", min=1)
     plots: bool = param(True, "Write the diagnostics plots at the end.")
     tensorboard: str = param("auto", "Also log diagnostics to TensorBoard via Accelerate's trackers: auto (when tensorboard is installed), on, off.",
@@ -73,17 +75,25 @@ class TrainConfig:
             raise ValueError("steps_max must be >= 1")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError("betas must be two numbers in [0, 1)")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise ValueError(f"device {self.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
 
 
 def load_toml(path: Path) -> dict[str, dict[str, Any]]:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory; give the path of a run TOML file")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
         with open(path, "rb") as f:
-            doc = tomllib.load(f)
+            doc = tomllib.loads(f.read().decode("utf-8-sig"))  # -sig: a BOM (Notepad) is fine
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML ({exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text; save it as UTF-8 TOML") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path} ({exc.strerror or exc})") from None
     check_sections(doc, str(path))
     return doc
 
@@ -223,17 +233,22 @@ class RunConfig:
                               " pass the object itself")
         return c
 
+    def _build(self, section: str, *args):
+        from .plugins import instantiate
+
+        return instantiate(self._cls(section), self.configs[section], *args, registry=self.registry)
+
     def data_source(self):
-        return self._cls("data")(self.configs["data"])
+        return self._build("data")
 
     def energy(self, shape):
-        return self._cls("energy")(self.configs["energy"], shape)
+        return self._build("energy", shape)
 
     def sampler(self):
-        return self._cls("sampler")(self.configs["sampler"])
+        return self._build("sampler")
 
     def initializer(self, shape):
-        return self._cls("init")(self.configs["init"], shape)
+        return self._build("init", shape)
 
     @property
     def sample_steps(self) -> int | None:

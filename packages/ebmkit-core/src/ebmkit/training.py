@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -185,6 +186,9 @@ class Run:
     stop: bool = False
     completed: bool = False
     setup_done: bool = False
+    interrupted: int = 0  # the signal (SIGINT 2, SIGTERM 15) that stopped the run, if any
+    saved: Path | None = None  # the last checkpoint a callback committed
+    say: Callable[[str], None] = field(default=lambda msg: None, repr=False)  # one-line notices
 
     @property
     def train(self) -> TrainConfig:
@@ -217,9 +221,61 @@ class Run:
         return draw(self.dataset, n, self.data_generator)
 
 
+_SIGINT = 2
+
+
+class StopOnSignal:
+    """Turn the first SIGINT/SIGTERM into a flag (``signum``) the loop checks after each
+    iteration; the second one acts at once. Installs nothing outside the main thread, and leaves
+    a signal alone that the process ignores (e.g. SIGINT of a background job)."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.signum = 0
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopOnSignal:
+        import signal
+        import threading
+
+        if not self.enabled or threading.current_thread() is not threading.main_thread():
+            return self
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old = signal.getsignal(sig)
+            if old is signal.SIG_IGN or old is None:
+                continue
+            self._old[sig] = old
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        import signal
+
+        if self.signum:  # the second signal: stop now
+            self.__exit__(None, None, None)
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signum)
+            return
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+
 def run_loop(run: Run, callbacks: Sequence[Callback], *, energy_ddp: nn.Module | None = None,
-             stop_after: int | None = None) -> Run:
+             stop_after: int | None = None, handle_signals: bool = True) -> Run:
     """Train ``run`` from ``run.step`` to ``train.iterations``, calling the callbacks.
+
+    With ``handle_signals`` (the default; main thread only), the first SIGINT (Ctrl-C) or
+    SIGTERM lets the current iteration finish, then the loop stops with ``run.interrupted`` set
+    to the signal number and the callbacks' ``on_fit_end`` run (the checkpoint callback saves).
+    A second signal stops at once (KeyboardInterrupt / the default SIGTERM action); a checkpoint
+    being written is then abandoned, the previous one stays complete.
 
     ``stop_after`` ends the loop after that many iterations of this call (tests use it to
     simulate an interrupted run); the run is then not ``completed`` (no final checkpoint).
@@ -231,7 +287,7 @@ def run_loop(run: Run, callbacks: Sequence[Callback], *, energy_ddp: nn.Module |
     if run.resume:
         for cb in callbacks:
             cb.on_resume(run)
-        if not run.setup_done:
+        if run.resume and not run.setup_done:
             raise ConfigError("nothing restored the run's state: resume needs the checkpoint "
                               "callback (an out_dir)")
     for cb in callbacks:
@@ -243,52 +299,58 @@ def run_loop(run: Run, callbacks: Sequence[Callback], *, energy_ddp: nn.Module |
     # in-memory sets continue from the restored generator; shard streams seek to (epoch, batch)
     batches = batch_stream(run.dataset, cfg.batch_size, generator=run.data_generator, start=run.step)
     grad_coef = run.sampler.grad_coef
-    try:
-        t_last = time.perf_counter()
-        for it in range(run.step, cfg.iterations):
-            if stop_after is not None and it - run.start_step >= stop_after:
-                break
-            lr = lr_at(cfg, it)
-            for group in run.optimizer.param_groups:
-                group["lr"] = lr
-            sigma = data_noise_at(cfg, it)
-            x_pos = next(batches).to(device, non_blocking=True)
-            k = chain_steps(cfg, run.sampler, run.data_generator)
-            out = train_step(run.energy, x_pos, sampler=run.sampler, initializer=run.initializer,
-                             optimizer=run.optimizer, steps=k, data_noise=sigma,
-                             generator=run.generator, n_chains=cfg.batch_size, forward=fwd,
-                             backward=acc.backward, autocast=acc.autocast())
-            # diagnostics: one host sync per iteration, averaged over processes
-            a = out.chain.accept_rate
-            a = a.float() if a is not None else torch.tensor(math.nan, device=device)
-            stats = torch.stack([out.loss, out.chain.grad_norm.float(), out.u_pos.mean(),
-                                 out.u_neg.mean(), a])
-            if run.world_size > 1:
-                stats = acc.reduce(stats, reduction="mean")
-            d_t, v_t, e_pos, e_neg, accept = stats.tolist()
-            now = time.perf_counter()
-            run.row = {"iter": it + 1, "d_t": d_t, "v_t": v_t,
-                       "r_t": grad_coef * v_t if grad_coef is not None else None,
-                       "e_pos": e_pos, "e_neg": e_neg,
-                       "accept": None if math.isnan(accept) else accept, "lr": lr, "steps": k,
-                       "data_noise": sigma, "sec": now - t_last}
-            t_last = now
-            run.x_neg = out.x_neg
-            run.step = it + 1
+    with StopOnSignal(enabled=handle_signals) as signals:
+        try:
+            t_last = time.perf_counter()
+            for it in range(run.step, cfg.iterations):
+                if stop_after is not None and it - run.start_step >= stop_after:
+                    break
+                lr = lr_at(cfg, it)
+                for group in run.optimizer.param_groups:
+                    group["lr"] = lr
+                sigma = data_noise_at(cfg, it)
+                x_pos = next(batches).to(device, non_blocking=True)
+                k = chain_steps(cfg, run.sampler, run.data_generator)
+                out = train_step(run.energy, x_pos, sampler=run.sampler, initializer=run.initializer,
+                                 optimizer=run.optimizer, steps=k, data_noise=sigma,
+                                 generator=run.generator, n_chains=cfg.batch_size, forward=fwd,
+                                 backward=acc.backward, autocast=acc.autocast())
+                # diagnostics: one host sync per iteration, averaged over processes; the signal
+                # flag rides along so every rank stops after the same iteration
+                a = out.chain.accept_rate
+                a = a.float() if a is not None else torch.tensor(math.nan, device=device)
+                stats = torch.stack([out.loss, out.chain.grad_norm.float(), out.u_pos.mean(),
+                                     out.u_neg.mean(), a,
+                                     torch.tensor(float(signals.signum), device=device)])
+                if run.world_size > 1:
+                    stats = acc.reduce(stats, reduction="mean")
+                d_t, v_t, e_pos, e_neg, accept, sig = stats.tolist()
+                now = time.perf_counter()
+                run.row = {"iter": it + 1, "d_t": d_t, "v_t": v_t,
+                           "r_t": grad_coef * v_t if grad_coef is not None else None,
+                           "e_pos": e_pos, "e_neg": e_neg,
+                           "accept": None if math.isnan(accept) else accept, "lr": lr, "steps": k,
+                           "data_noise": sigma, "sec": now - t_last}
+                t_last = now
+                run.x_neg = out.x_neg
+                run.step = it + 1
+                for cb in callbacks:
+                    cb.on_step_end(run, out)
+                if sig > 0 or (run.world_size == 1 and signals.signum):
+                    run.interrupted = signals.signum or _SIGINT
+                    break
+                if run.stop:
+                    break
+            run.completed = run.step >= cfg.iterations and not run.interrupted
+        finally:
             for cb in callbacks:
-                cb.on_step_end(run, out)
-            if run.stop:
-                break
-        run.completed = run.step >= cfg.iterations
-    finally:
-        for cb in callbacks:
-            try:
-                cb.on_fit_end(run)
-            except EbmkitError:
-                raise
-            except Exception:
-                if run.completed:
+                try:
+                    cb.on_fit_end(run)
+                except EbmkitError:
                     raise
-                # the run already failed: closing the other callbacks must not mask its error
+                except Exception:
+                    if run.completed:
+                        raise
+                    # the run already failed: closing the other callbacks must not mask its error
     acc.wait_for_everyone()
     return run

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..errors import ConfigError, EbmkitError
+from ..errors import ConfigError, EbmkitError, TrainingInterrupted
 from ..params import parse_override
 
 app = typer.Typer(
@@ -106,7 +106,8 @@ def run(
     device: Annotated[str | None, typer.Option(help="Shortcut for --set train.device=...")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/<name>-<time>).")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run saved in this directory.")] = None,
-    force: Annotated[bool, typer.Option(help="Write into a directory that already holds a run.")] = False,
+    force: Annotated[bool, typer.Option(help="Start a new run in a directory that already holds one (its checkpoints are removed).")] = False,
+    keep: Annotated[int | None, typer.Option("--keep", min=1, help="Complete checkpoints to keep (shortcut for --set train.keep=N).")] = None,
     download: Annotated[bool, typer.Option("--download", help="Allow the dataset to be downloaded (shortcut for --set data.download=true).")] = False,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")] = False,
@@ -125,6 +126,8 @@ def run(
         overrides.append(f"train.device={device}")
     if download:
         overrides.append("data.download=true")
+    if keep is not None:
+        overrides.append(f"train.keep={keep}")
 
     if resume is not None:
         if any(v is not None for v in (preset, config, energy, sampler, init, data)):
@@ -222,14 +225,18 @@ def eval_(
     steps: Annotated[int | None, typer.Option("--steps", "-k", min=0, help="Sampling K (default: the run's).")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output directory (default: eval/ next to the checkpoint).")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, auto.")] = "auto",
+    n: Annotated[int | None, typer.Option("--n", min=1, help="Sets EVALUATOR.n for each evaluator that has it (--set wins).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Sets EVALUATOR.seed for each evaluator that has it (--set wins).")] = None,
 ):
     """Evaluate a checkpoint: numbers (printed, and JSON) and pictures (PNG)."""
     from .. import api
+    from ..params import params
 
     reg = _registry()
     per_eval: dict[str, dict[str, str]] = {name: {} for name in evaluator}
     for name in evaluator:
-        reg.get("evaluator", name)
+        keys = {p.name for p in params(reg.get("evaluator", name).Config)}
+        per_eval[name].update({k: str(v) for k, v in (("n", n), ("seed", seed)) if v is not None and k in keys})
     for o in set_ or []:
         section, key, value = parse_override(o)
         if section not in per_eval:
@@ -391,11 +398,14 @@ def main(argv: list[str] | None = None) -> int:
         rv = app(args=argv, standalone_mode=False)
         if rv == 130:  # click/typer turn Ctrl-C into a return value when not standalone
             raise KeyboardInterrupt
+    except TrainingInterrupted as exc:  # a clean stop on Ctrl-C / SIGTERM, checkpoint written
+        err_console.print(escape(str(exc)), highlight=False, soft_wrap=True)
+        return _exit(exc.exit_code, argv)
     except EbmkitError as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return _exit(exc.exit_code, argv)
     except KeyboardInterrupt:
-        err_console.print("interrupted; checkpoints already written are intact")
+        err_console.print("interrupted; checkpoints already committed are intact (resume with --resume)")
         return _exit(130, argv)
     except typer.Exit as exc:
         return _exit(exc.exit_code, argv)
