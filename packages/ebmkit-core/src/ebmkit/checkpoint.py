@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -128,9 +129,11 @@ def atomic_write(path: Path, write, *, fault: str | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _new_temp(path)
     try:
+        mode = stat.S_IMODE(tmp.stat().st_mode)  # 0o666 less the umask
         if fault:
             _fault(f"{fault}-tmp")
         write(str(tmp))
+        os.chmod(tmp, mode)  # some writers (safetensors) replace the file with a 0600 one
         fsync_file(tmp)
         os.replace(tmp, path)
         fsync_dir(path.parent)
@@ -284,6 +287,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
             "expected a file written by `ebmkit run` or EBM.save"
         )
     name = meta.get("energy")
+    if name is None:
+        raise _bad(path, "energy", "is missing")
     if not (isinstance(name, str) and _NAME_RE.match(name)):
         raise _bad(path, "energy", f"is not a component name: {_show(name)}")
     step = _int_field(path, meta, "step", default="0")
@@ -362,7 +367,11 @@ def unflatten_optimizer(tensors: Mapping[str, Tensor], rest: Mapping[str, Any]) 
 def write_tensors(path: Path, tensors: Mapping[str, Tensor], meta: Mapping[str, str]) -> None:
     """Write a safetensors file in place and fsync it (inside a directory not yet committed)."""
     t = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o666)  # the user's umask
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
+    os.close(fd)
     save_file(t, str(path), metadata=dict(meta))
+    os.chmod(path, mode)
     fsync_file(Path(path))
 
 
