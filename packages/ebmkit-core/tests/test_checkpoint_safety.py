@@ -253,3 +253,26 @@ class _Console:
 
     def print(self, msg, **kw):
         self.sink.append(str(msg))
+
+
+def test_a_run_in_the_old_layout_still_resumes(tmp_path, registry, one_thread):
+    """Run directories written before checkpoints/ (train_state/ + model.safetensors) resume,
+    and the next checkpoint is in the new layout."""
+    import shutil
+
+    ref = ebmkit.fit(**TOY, iterations=4, checkpoint_every=2, out_dir=tmp_path / "ref",
+                     registry=registry, **TRAIN)
+    run = tmp_path / "old"
+    ebmkit.fit(**TOY, iterations=4, checkpoint_every=2, out_dir=run, registry=registry,
+               stop_after=3, **TRAIN)
+    step2 = run / "checkpoints" / "step-000002"
+    (run / "train_state").mkdir()
+    for name in ("rank0.safetensors", "state.json"):
+        shutil.copy(step2 / name, run / "train_state" / name)
+    (run / "model.safetensors").unlink()
+    shutil.copy(step2 / "model.safetensors", run / "model.safetensors")
+    shutil.rmtree(run / "checkpoints")
+    ebm = ebmkit.fit(out_dir=run, resume=True, registry=registry)
+    assert ebm.step == 4 and ckpt.read_latest(run) == "step-000004"
+    a, b = ref.energy.state_dict(), ebm.energy.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
