@@ -111,8 +111,8 @@ def fsync_file(path: Path) -> None:
 def fsync_dir(path: Path) -> None:
     """Flush a directory's entries (renames, new files) to the disk, where the OS allows it."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:  # pragma: no cover - platforms without directory fds
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except (OSError, AttributeError):  # pragma: no cover - platforms without directory fds
         return
     try:
         os.fsync(fd)
