@@ -375,6 +375,10 @@ def load(
     for o in overrides:
         if o.split(".", 1)[0] not in ("sampler", "init"):
             raise ConfigError(f"--set {o}: only sampler.* and init.* can be changed when sampling")
+    try:  # the checkpoint's own document first: its faults are the file's, not the user's
+        cfg = resolve(doc, reg)
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: its run document does not fit this ebmkit ({exc})") from None
     objects: dict[str, Any] = {}
     for section, value in (("sampler", sampler), ("init", init)):
         if value is None:
@@ -382,11 +386,8 @@ def load(
         doc, obj = _component(doc, section, value, reg)
         if obj is not None:
             objects[section] = obj
-    doc = apply_overrides(doc, overrides)
-    try:
-        cfg = resolve(doc, reg)
-    except ConfigError as exc:
-        raise CheckpointError(f"{path}: its run document does not fit this ebmkit ({exc})") from None
+    if objects or overrides or sampler is not None or init is not None:
+        cfg = resolve(apply_overrides(doc, overrides), reg)  # the user's changes: ConfigError
     smp = objects.get("sampler")
     if smp is None:
         if cfg.classes["sampler"] is None:
@@ -438,7 +439,13 @@ def evaluate(model: EBM, evaluator: str | Evaluator, *, data: Any = None,
         source = model.config.data_source()
     else:
         source = data
-    return ev.evaluate(model, source, Path(out_dir))
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the output directory {out} ({exc.strerror or exc}); "
+                          "choose another --out / out_dir") from None
+    return ev.evaluate(model, source, out)
 
 
 def model_from(energy: nn.Module, sampler: Sampler | str | Mapping[str, Any] = "langevin",

@@ -49,12 +49,31 @@ def ebmkit_version() -> str:
 
 
 def load_weights(path: Path, module: torch.nn.Module, *, strict: bool = True) -> None:
-    """Fill ``module`` with the weights stored in ``path`` (one-line errors)."""
+    """Fill ``module`` with the weights stored in ``path`` (one-line errors): names and shapes
+    must match the module's, and every floating-point value must be finite."""
     path = Path(path)
     try:
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path}: cannot read weights ({exc})") from None
+    own = module.state_dict()
+    missing = [k for k in own if k not in tensors]
+    extra = [k for k in tensors if k not in own]
+    if strict and (missing or extra):
+        what = (f"missing tensor '{missing[0]}'" if missing else f"unexpected tensor '{extra[0]}'")
+        more = len(missing) + len(extra) - 1
+        raise CheckpointError(
+            f"{path}: the weights do not fit this energy ({what}"
+            f"{f' and {more} more' if more else ''}); was it saved from another energy or size?")
+    for k, v in tensors.items():
+        if k in own and tuple(v.shape) != tuple(own[k].shape):
+            raise CheckpointError(
+                f"{path}: the weights do not fit this energy (tensor '{k}' has shape "
+                f"{tuple(v.shape)}, the energy expects {tuple(own[k].shape)}); was the energy's "
+                "size changed?")
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"{path}: tensor '{k}' holds NaN or inf values; the model is "
+                                  "damaged (use an earlier checkpoint)")
     try:
         module.load_state_dict(tensors, strict=strict)
     except RuntimeError as exc:

@@ -25,6 +25,19 @@ def _images(batch) -> Tensor:
     return batch[0] if isinstance(batch, (list, tuple)) else batch
 
 
+def check_finite(x: Tensor, what: str = "the training data") -> Tensor:
+    """``x`` unchanged, or a :class:`DataError` when it holds NaN or inf: bad data must not be
+    reported as a training divergence. (Data tensors live on the CPU: no device sync.)"""
+    if torch.is_floating_point(x) and not bool(torch.isfinite(x).all()):
+        bad = (~torch.isfinite(x.reshape(len(x), -1))).any(dim=1).nonzero()
+        first = int(bad[0]) if len(bad) else 0
+        raise DataError(
+            f"{what} contains non-finite values (NaN or inf): {len(bad)} of {len(x)} examples, "
+            f"the first at index {first}; remove or fix them in the dataset"
+        )
+    return x
+
+
 def epoch_position(dataset, batches_done: int, batch_size: int, workers: int = 1) -> tuple[int, int]:
     """(epoch, batches into that epoch) after ``batches_done`` batches of an epoch-planned stream."""
     ds = copy.copy(dataset)
@@ -55,6 +68,7 @@ def batch_stream(dataset, batch_size: int, *, generator: torch.Generator,
     if x is not None:
         if len(x) == 0:
             raise DataError("the dataset is empty")
+        check_finite(x)
         while True:
             idx = torch.randint(0, len(x), (batch_size,), generator=generator)
             yield x[idx]
@@ -76,7 +90,7 @@ def batch_stream(dataset, batch_size: int, *, generator: torch.Generator,
         got = False
         for batch in itertools.islice(loader, skip, None):
             got = True
-            yield _images(batch)
+            yield check_finite(_images(batch), "a batch of the training data")
         if not got and not skip:
             raise DataError(f"the dataset yields fewer than one batch of {batch_size} examples")
         epoch, skip = epoch + 1, 0

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .interfaces import DataSource
 
 
@@ -42,7 +42,11 @@ def data_batch(data: DataSource | None, n: int, seed: int, *, split: str = "trai
 def write_metrics(out_dir: Path, name: str, metrics: dict[str, Any]) -> Path:
     """Write ``metrics`` to ``out_dir/<name>_metrics.json``; returns the path."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}_metrics.json"
-    path.write_text(json.dumps(metrics, indent=2) + "\n")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(metrics, indent=2) + "\n")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path} ({exc.strerror or exc}); choose another output "
+                          "directory (--out)") from None
     return path

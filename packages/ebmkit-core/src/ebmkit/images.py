@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 
 
 def make_grid(x: Tensor, *, nrow: int | None = None, pad: int = 2, lo: float = -1.0,
@@ -43,8 +43,15 @@ def save_grid(x: Tensor, path: str | Path, *, nrow: int | None = None, scale: in
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; give an image file name, e.g. {path / 'grid.png'}")
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise ConfigError(f"{path}: unknown image extension '{path.suffix}'; use .png")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img.save(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path} ({exc.strerror or exc}); choose another path") from None
     return path
 
 

@@ -10,6 +10,7 @@ else the sampler's ``steps``).
 from __future__ import annotations
 
 import contextlib
+import operator
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,7 +114,13 @@ class EBM:
             return generator
         if seed is None:
             return None
-        return torch.Generator(device=self.device).manual_seed(int(seed))
+        try:
+            value = operator.index(seed)  # ints, numpy ints; not floats or strings
+        except TypeError:
+            value = -1
+        if isinstance(seed, bool) or not 0 <= value < 2**64:
+            raise ConfigError(f"seed must be an integer with 0 <= seed < 2**64, got {seed!r}")
+        return torch.Generator(device=self.device).manual_seed(value)
 
     def starts(self, n: int, *, seed: int | None = None,
                generator: torch.Generator | None = None) -> Tensor:

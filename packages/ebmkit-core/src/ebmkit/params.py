@@ -89,6 +89,8 @@ def params(config_cls: type) -> list[ParamInfo]:
     return out
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # larger floats become inf in the float32 tensors they feed
+
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 
@@ -176,6 +178,9 @@ def _check(info: ParamInfo, value: Any, where: str) -> None:
             continue
         if not math.isfinite(v):
             raise ConfigError(f"{where}: must be finite, got {v!r}")
+        if isinstance(v, float) and abs(v) > FLOAT32_MAX:
+            raise ConfigError(f"{where}: {v!r} overflows float32 (tensors are float32); "
+                              f"use a value within +-{FLOAT32_MAX:.3g}")
         if info.min is not None and (v < info.min or (info.min_exclusive and v == info.min)):
             op = ">" if info.min_exclusive else ">="
             raise ConfigError(f"{where}: must be {op} {info.min}, got {v!r}")

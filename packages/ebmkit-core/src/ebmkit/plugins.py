@@ -18,6 +18,7 @@ recorded by name (:func:`plugin_infos`, ``Registry.load_errors``) and skipped.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import sys
@@ -33,7 +34,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError, UnknownComponentError
+from .errors import EbmkitError, PluginError, UnknownComponentError
 from .interfaces import KINDS, Component, Preset
 
 GROUP = "ebmkit"
@@ -220,7 +221,11 @@ class Registry:
         kind = normalize_kind(kind)
         table = self._entries[kind]
         if name not in table:
-            raise UnknownComponentError(kind, name, table)
+            exc = UnknownComponentError(kind, name, table)
+            if self.load_errors:  # the plugin that provides it may be one of those
+                exc.args = (f"{exc.args[0]} {len(self.load_errors)} plugin(s) failed to load; "
+                            "see `ebmkit plugins`",)
+            raise exc
         return table[name]
 
     def names(self, kind: str) -> list[str]:
@@ -236,8 +241,44 @@ class Registry:
 
         cls = self.get(kind, name)
         if config is None or isinstance(config, dict):
-            config = build(cls.Config, config or {}, where=normalize_kind(kind))
-        return cls(config, *args)
+            k = normalize_kind(kind)  # evaluator options are set as NAME.KEY=VALUE
+            config = build(cls.Config, config or {}, where=name if k == "evaluator" else k)
+        return instantiate(cls, config, *args, registry=self)
+
+    def provider(self, cls: type) -> Entry | None:
+        """The entry that registered the class ``cls`` (``None`` if it is not registered)."""
+        for table in self._entries.values():
+            for entry in table.values():
+                if entry.obj is cls:
+                    return entry
+        return None
+
+
+def instantiate(cls: type, *args: Any, registry: Registry | None = None) -> Any:
+    """``cls(*args)`` for a component class. A third-party component whose constructor fails
+    with anything but an :class:`~ebmkit.EbmkitError` is a broken plugin, not a user error nor
+    an ebmkit bug: that becomes one :class:`PluginError` line naming the plugin and what to do.
+    ebmkit's own components are not wrapped (their bugs keep their tracebacks)."""
+    try:
+        return cls(*args)
+    except EbmkitError:
+        raise
+    except Exception as exc:
+        if str(getattr(cls, "__module__", "")).split(".")[0] == "ebmkit":
+            raise
+        entry = registry.provider(cls) if registry is not None else None
+        kind = entry.kind if entry is not None else getattr(cls, "kind", "") or "component"
+        name = entry.name if entry is not None else getattr(cls, "name", "") or cls.__qualname__
+        if entry is not None:
+            dist = " ".join(x for x in (entry.dist or "local", entry.version) if x)
+            plugin = f"plugin '{entry.plugin}' ({dist})"
+        else:
+            plugin = f"module '{cls.__module__}'"
+        block = entry.plugin if entry is not None and entry.plugin else "NAME"
+        raise PluginError(
+            f"{kind} '{name}' from {plugin} failed to start: {_describe(exc)}; report it to the "
+            f"plugin's authors, or choose another {kind} (EBMKIT_BLOCK_PLUGINS={block} hides it)"
+        ) from exc
 
 
 _KIND_ALIASES = {
@@ -272,6 +313,10 @@ def _kind_and_name(obj: Any, plugin: str) -> tuple[str, str]:
     name = getattr(obj, "name", "")
     if not isinstance(name, str) or not name:
         raise PluginError(f"plugin '{plugin}' registered {obj!r} without a name")
+    config = getattr(obj, "Config", None)
+    if kind != "preset" and not (isinstance(config, type) and dataclasses.is_dataclass(config)):
+        raise PluginError(f"plugin '{plugin}' registered {kind} '{name}' whose Config is not a "
+                          "dataclass; declare it with @dataclass(frozen=True, kw_only=True)")
     return kind, name
 
 

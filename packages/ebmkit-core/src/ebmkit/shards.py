@@ -29,6 +29,8 @@ import io
 import json
 import os
 import random
+import re
+import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,8 +88,15 @@ def write_shards(
 
     if shard_size < 1:
         raise DataError("--shard-size must be at least 1")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", prefix):
+        raise DataError(f"shard prefix {prefix!r} must be a plain file name (letters, digits, '.', '_', "
+                        "'-'); the shards are written inside the output directory")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create the shard directory {out_dir} ({exc.strerror or exc}); "
+                        "choose another output directory") from None
     if (out_dir / MANIFEST).exists() or any(out_dir.glob(f"{prefix}-*.tar")):
         raise DataError(f"{out_dir} already holds shards; choose an empty directory")
     shards: list[dict] = []
@@ -105,6 +114,9 @@ def write_shards(
         for image, label in examples:
             if shape is None:
                 shape = tuple(image.shape)
+                if len(shape) != 3 or shape[0] not in (1, 3):
+                    raise DataError(f"shards hold images [C, H, W] with 1 or 3 channels; this source "
+                                    f"yields examples of shape {shape}")
             elif tuple(image.shape) != shape:
                 raise DataError(f"example {index} has shape {tuple(image.shape)}, expected {shape}")
             if writer is None or count == shard_size:
@@ -158,8 +170,15 @@ def read_manifest(directory: Path) -> dict:
         raise DataError(f"no {MANIFEST} in {directory}; write shards with `ebmkit data shard SOURCE {directory}`")
     try:
         manifest = json.loads(path.read_text())
-        {s["name"]: int(s["count"]) for s in manifest["shards"]}  # noqa: B018 - shape check
-    except (ValueError, KeyError, TypeError) as exc:
+        for s in manifest["shards"]:
+            if not isinstance(s["name"], str) or int(s["count"]) < 0:
+                raise ValueError(f"bad shard entry {s!r}")
+        for key in ("resolution", "channels"):
+            if int(manifest[key]) < 1:
+                raise ValueError(f"{key} must be positive")
+    except KeyError as exc:
+        raise DataError(f"{path} is damaged (no field {exc}); rewrite the shards with `ebmkit data shard`") from None
+    except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path} is damaged ({exc}); rewrite the shards with `ebmkit data shard`") from None
     return manifest
 
@@ -221,6 +240,8 @@ def dist_info() -> tuple[int, int]:
 def expand(pattern: str) -> list[str]:
     import braceexpand
 
+    if not pattern.strip():
+        raise DataError("the shard pattern is empty; pass --data 'shards:DIR/train-{000000..N}.tar'")
     urls = [u for part in pattern.split("::") for u in braceexpand.braceexpand(part)]
     if not urls:
         raise DataError(f"the shard pattern {pattern!r} names no files")
@@ -249,6 +270,10 @@ class ShardDataset(IterableDataset):
         self.urls = expand(pattern)
         local = ["://" not in u and not u.startswith("pipe:") for u in self.urls]
         if all(local):
+            folder = next((u for u in self.urls if Path(u).is_dir()), None)
+            if folder is not None:
+                raise DataError(f"{folder} is a directory; the shard pattern names the tar files, e.g. "
+                                f"'shards:{Path(folder) / pattern_for('train', 2)}' (see its {MANIFEST})")
             missing = [u for u in self.urls if not Path(u).is_file()]
             if missing:
                 raise DataError(
@@ -300,7 +325,12 @@ class ShardDataset(IterableDataset):
         from .images import to_model_range
 
         def convert(sample):
-            x = decode_png(sample["png"])[None]
+            try:
+                x = decode_png(sample["png"])[None]
+            except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, bomb errors...
+                raise DataError(f"{sample.get('__url__', 'a shard')}: example {sample.get('__key__')} "
+                                f"is not a readable PNG ({type(exc).__name__}); "
+                                "rewrite the shards with `ebmkit data shard`") from None
             return to_model_range(x, resolution=self.resolution, channels=self.channels)[0], sample["__key__"]
 
         stream = (convert(s) for s in self._samples(urls))
@@ -317,11 +347,16 @@ class ShardDataset(IterableDataset):
         from webdataset.tariterators import group_by_keys, tar_file_expander
 
         for url in urls:
-            with wds.gopen(url, "rb") as stream:
-                for sample in group_by_keys(tar_file_expander([{"url": url, "stream": stream}])):
-                    if "png" not in sample:
-                        raise DataError(f"{url}: example {sample.get('__key__')} has no .png image")
-                    yield sample
+            try:
+                with wds.gopen(url, "rb") as stream:
+                    for sample in group_by_keys(tar_file_expander([{"url": url, "stream": stream}])):
+                        if "png" not in sample:
+                            raise DataError(f"{url}: example {sample.get('__key__')} has no .png image")
+                        yield sample
+            except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+                why = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+                raise DataError(f"shard {url} is corrupt or truncated ({why}); check the set with "
+                                f"`ebmkit data verify {Path(url).parent}` and rewrite it") from None
 
 
 def shuffled(items: Iterable, size: int, rng: random.Random) -> Iterator:

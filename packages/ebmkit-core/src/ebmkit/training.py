@@ -82,11 +82,23 @@ def chain_steps(cfg: TrainConfig, sampler: Sampler, gen_cpu: torch.Generator) ->
 
 
 def pick_device(name: str) -> str:
-    if name != "auto":
-        if name.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"train.device={name} but CUDA is not available; use train.device=cpu")
-        return name
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """``auto`` → ``cuda`` when available, else ``cpu``; anything else is checked."""
+    import re
+
+    name = str(name)
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
+        raise ConfigError(f"device '{name}' is not one of auto, cpu, cuda, cuda:N, mps; "
+                          "fix --device (or train.device)")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name} was asked for but CUDA is not available; use --device cpu")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise ConfigError(f"device {name}: this machine has {torch.cuda.device_count()} CUDA "
+                          "device(s); use cuda:0 or another index")
+    if name == "mps" and not (torch.backends.mps.is_available()):
+        raise ConfigError("device mps was asked for but MPS is not available; use --device cpu")
+    return name
 
 
 # ---------------------------------------------------------------------------------------------

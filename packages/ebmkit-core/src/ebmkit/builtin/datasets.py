@@ -362,6 +362,9 @@ class FolderConfig:
 
 def list_images(root: Path) -> tuple[list[Path], list[int]]:
     """Image files under ``root`` (sorted) and labels from their first-level subfolder."""
+    if root.exists() and not root.is_dir():
+        raise DataError(f"image folder {root} is a file, not a directory; pass the directory that "
+                        "holds the images (--data imagefolder:DIR)")
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist; pass --data imagefolder --set data.path=DIR")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
@@ -381,8 +384,9 @@ def _open_image(item):
     try:
         with Image.open(path) as img:
             return pil_to_uint8(img), label
-    except OSError as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        why = str(exc).strip().rstrip(".") or type(exc).__name__
+        raise DataError(f"cannot read image {path}: {why}; remove or replace the file") from None
 
 
 class ImageFolder(ImageSource):

@@ -107,9 +107,27 @@ def download(
     split: Annotated[str, typer.Option(help="Split to fetch.")] = "train",
 ):
     """Download a dataset into ROOT (the only way, besides data.download=true, that ebmkit downloads)."""
+    import dataclasses
+
+    from .main import _registry
+
+    cls = _registry().get("dataset", name)
+    if "download" not in {f.name for f in dataclasses.fields(cls.Config)}:
+        raise DataError(f"dataset '{name}' has nothing to download (it is built in or reads files you "
+                        "give it); downloadable: " + ", ".join(_downloadable()))
     src, _ = open_source(name, None, extra={"root": str(root), "download": "true", "split": split})
     ds = src.open(split=split)
     console.print(f"{name}: {len(ds)} examples in {root}", highlight=False)
+
+
+def _downloadable() -> list[str]:
+    import dataclasses
+
+    from .main import _registry
+
+    reg = _registry()
+    return [n for n in reg.names("dataset")
+            if "download" in {f.name for f in dataclasses.fields(reg.get("dataset", n).Config)}]
 
 
 @data_app.command()
@@ -127,6 +145,9 @@ def preview(
     from ..images import save_grid
 
     src, _ = open_source(source, set_)
+    if len(src.shape) != 3:
+        raise DataError(f"'{source}' holds points of shape {tuple(src.shape)}, not images; "
+                        "preview shows image datasets (train a model on it and use `ebmkit eval`)")
     ds = src.open(split="train")
     x = draw(ds, n, torch.Generator().manual_seed(0))
     save_grid(x, out, scale=scale)

@@ -195,6 +195,11 @@ def sample(
     from .. import api
     from ..images import save_grid
 
+    if output.is_dir():
+        raise ConfigError(f"-o {output} is a directory; give a .png grid or a .safetensors file path")
+    if output.parent.exists() and not output.parent.is_dir():
+        raise ConfigError(f"-o {output}: {output.parent} is a file, not a directory; choose another -o")
+
     model = api.load(checkpoint, sampler=sampler, init=init, overrides=list(set_ or []),
                      steps=steps, device=device, registry=_registry())
     t0 = time.perf_counter()
@@ -203,11 +208,16 @@ def sample(
     k = model.steps
     if not torch.isfinite(x).all():
         raise EbmkitError(f"sampling produced non-finite values with K={k}; try fewer --steps or a smaller step size")
-    output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        save_file({"samples": x.cpu().contiguous()}, str(output), metadata={"steps": str(k), "source": str(checkpoint)})
+        from ..checkpoint import atomic_write
+
+        try:
+            atomic_write(output, lambda p: save_file({"samples": x.cpu().contiguous()}, p,
+                                                     metadata={"steps": str(k), "source": str(checkpoint)}))
+        except OSError as exc:
+            raise ConfigError(f"cannot write {output} ({exc.strerror or exc}); choose another -o") from None
     elif len(model.shape) == 3:
         save_grid(x, output)
     else:
@@ -395,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors become one line on stderr and a non-zero exit code."""
     try:
         _add_plugin_commands()
-        rv = app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False, prog_name="ebmkit")
         if rv == 130:  # click/typer turn Ctrl-C into a return value when not standalone
             raise KeyboardInterrupt
     except TrainingInterrupted as exc:  # a clean stop on Ctrl-C / SIGTERM, checkpoint written
@@ -413,6 +423,12 @@ def main(argv: list[str] | None = None) -> int:
         return _exit(1, argv)
     except Exception as exc:
         for cx in _click_exception_modules():
+            if isinstance(exc, cx.UsageError):  # one line, not click's Usage/Try/Error block
+                ctx = exc.ctx
+                where = ctx.command_path if ctx is not None else "ebmkit"
+                err_console.print(f"[bold red]error:[/] {escape(exc.format_message())}; see "
+                                  f"`{escape(where)} --help`", highlight=False, soft_wrap=True)
+                return _exit(exc.exit_code, argv)
             if isinstance(exc, cx.ClickException):
                 exc.show()
                 return _exit(exc.exit_code, argv)

@@ -22,6 +22,11 @@ def add_commands(app: Any) -> None:
         """Write a plugin package: pyproject with entry point, skeleton class, conformance test, README."""
         subs = names_for(name)
         dest = directory if directory is not None else Path(subs["dist"])
+        existing = next(p for p in (dest, *dest.parents) if p.exists() or p == p.parent)
+        if existing.exists() and not existing.is_dir():
+            from ..errors import ConfigError
+
+            raise ConfigError(f"--dir {dest}: {existing} is a file, not a directory; choose another --dir")
         files = render(name, kind, dest, force=force)
         typer.echo(f"wrote {len(files)} files to {dest}/ ({kind} '{name}', import {subs['module']})")
         typer.echo(f"next:  cd {dest} && pip install -e . && pytest && ebmkit list {kind}s")

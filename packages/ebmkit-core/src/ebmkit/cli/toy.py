@@ -32,13 +32,22 @@ def add_commands(app):
         regimes = REGIMES if regime == "both" else (regime,)
         if regime != "both" and regime not in REGIMES:
             raise ConfigError(f"--regime {regime}: choose nonconvergent, convergent or both")
-        from ..params import parse_override
+        from ..params import build, parse_override
         from .main import _registry
 
         ev = {}
         for item in eval_set or []:
             _, k, v = parse_override(item, section="toy_density", flag="--eval-set")
             ev[k] = v
+        # check what fails late (after training) now: the evaluator options and the output
+        build(_registry().get("evaluator", "toy_density").Config, ev, where="toy_density")
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out} is a file; give a directory")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create --out {out} ({exc.strerror or exc}); choose another "
+                              "directory") from None
         console = Console()
         results = reproduce(toy, out, regimes=regimes, fast=fast, overrides=list(set_ or []),
                             eval_overrides=ev, progress=progress, console=console,
