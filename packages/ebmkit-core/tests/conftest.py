@@ -3,6 +3,9 @@ import os
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# In-process CLI tests swap the registry (cli.main._DEFAULT); the listing cache would bypass it.
+# test_cli_startup.py turns the cache on in its own subprocesses.
+os.environ.setdefault("EBMKIT_NO_CACHE", "1")
 
 
 @pytest.fixture(scope="session")

@@ -79,7 +79,7 @@ _EXPORTS: dict[str, str] = {
     "EBM": "model",
     "sampling_steps": "model",
     "param": "params",
-    "Preset": "plugins",
+    "Preset": "interfaces",
     "Registry": "plugins",
     "build_registry": "plugins",
     "get_plugin_manager": "plugins",
@@ -156,6 +156,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         EvalResult,
         Evaluator,
         Initializer,
+        Preset,
         Prior,
         PriorInitializer,
         Sampler,
@@ -179,6 +180,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     )
     from .model import EBM, sampling_steps
     from .params import param
-    from .plugins import Preset, Registry, build_registry, get_plugin_manager
+    from .plugins import Registry, build_registry, get_plugin_manager
     from .runconfig import RunConfig, TrainConfig
     from .training import Run, StepOutput, train_step

@@ -35,7 +35,10 @@ import pluggy
 
 from . import hookspecs
 from .errors import EbmkitError, PluginError, UnknownComponentError
-from .interfaces import KINDS, Component, Preset
+
+#: The component kinds (``interfaces.KINDS`` maps them to their base classes; not imported here,
+#: so that building a plugin manager and reading a cached listing never imports torch).
+KIND_NAMES = ("energy", "sampler", "initializer", "evaluator", "dataset")
 
 GROUP = "ebmkit"
 
@@ -197,7 +200,7 @@ class Registry:
     """Components by kind and name, each remembering the plugin that provided it."""
 
     def __init__(self) -> None:
-        self._entries: dict[str, dict[str, Entry]] = {k: {} for k in [*KINDS, "preset"]}
+        self._entries: dict[str, dict[str, Entry]] = {k: {} for k in [*KIND_NAMES, "preset"]}
         self.load_errors: dict[str, str] = {}  # plugin name -> why it contributed nothing
         self.pm: pluggy.PluginManager | None = None  # the manager that filled it (for other hooks)
 
@@ -213,6 +216,10 @@ class Registry:
             )
         table[name] = Entry(kind, name, obj, plugin, dist, version)
         return obj
+
+    def add_entry(self, entry: Entry) -> None:
+        """Add an entry as it is (no checks): the CLI's cached listing restores entries so."""
+        self._entries[entry.kind][entry.name] = entry
 
     def get(self, kind: str, name: str) -> Any:
         return self.entry(kind, name).obj
@@ -290,12 +297,14 @@ _KIND_ALIASES = {
 
 def normalize_kind(kind: str) -> str:
     k = _KIND_ALIASES.get(kind, kind)
-    if k not in KINDS and k != "preset":
-        raise UnknownComponentError("kind", kind, [*KINDS, "preset"])
+    if k not in KIND_NAMES and k != "preset":
+        raise UnknownComponentError("kind", kind, [*KIND_NAMES, "preset"])
     return k
 
 
 def kind_of(obj: Any) -> str:
+    from .interfaces import KINDS, Component, Preset
+
     if isinstance(obj, Preset):
         return "preset"
     if isinstance(obj, type) and issubclass(obj, Component):

@@ -44,7 +44,15 @@ def _default():
 
 
 def _registry():
+    if _CACHED is not None:  # --help / list / describe answered from the listing cache
+        return _CACHED
     return _default()[1]
+
+
+_CACHED = None  # a registry of stand-ins read from the listing cache (cli/listing.py)
+_CACHED_TRAIN: tuple[str, list] = ("", [])  # [train]'s doc and parameter rows, from the cache
+#: Commands answered from the listing cache when it is fresh: nothing imports torch for them.
+_LIGHT = {"list", "describe"}
 
 
 def _completer(kind: str):
@@ -313,14 +321,18 @@ def describe(
     name: Annotated[str | None, typer.Argument(help="Registered name.")] = None,
 ):
     """Show a component's parameters (name, type, default, meaning) or a preset's TOML."""
-    from ..params import params
     from ..plugins import normalize_kind
-    from ..runconfig import TrainConfig
+    from . import listing
 
     reg = _registry()
     if kind == "train":
-        cls, title = TrainConfig, "[train] options"
-        doc = TrainConfig.__doc__ or ""
+        title = "[train] options"
+        if _CACHED is not None:
+            doc, rows = _CACHED_TRAIN
+        else:
+            from ..runconfig import TrainConfig
+
+            doc, rows = TrainConfig.__doc__ or "", listing.param_rows(TrainConfig)
     else:
         k = normalize_kind(kind)
         if name is None:
@@ -330,7 +342,8 @@ def describe(
             console.print(f"[bold]{name}[/]: {entry.summary}\n")
             console.print(entry.obj.path.read_text(), highlight=False, markup=False)
             return
-        cls, title = entry.obj.Config, f"{k} [bold cyan]{name}[/] ({entry.dist or entry.plugin} {entry.version})"
+        title = f"{k} [bold cyan]{name}[/] ({entry.dist or entry.plugin} {entry.version})"
+        rows = listing.rows_of(entry.obj)
         doc = entry.summary
     console.print(title)
     if doc:
@@ -338,17 +351,17 @@ def describe(
     table = Table()
     for col in ("parameter", "type", "default", "description"):
         table.add_column(col)
-    for p in params(cls):
+    for p in rows:
         extra = []
-        if p.choices:
-            extra.append("one of: " + ", ".join(map(str, p.choices)))
-        if p.min is not None:
-            extra.append((">" if p.min_exclusive else ">=") + f" {p.min}")
-        if p.max is not None:
-            extra.append(f"<= {p.max}")
-        desc = escape(p.help + (f" [{'; '.join(extra)}]" if extra else ""))
-        default = "(required)" if p.required else repr(p.default)
-        table.add_row(p.name, p.type_name, default, desc)
+        if p["choices"]:
+            extra.append("one of: " + ", ".join(p["choices"]))
+        if p["min"] is not None:
+            extra.append((">" if p["min_exclusive"] else ">=") + f" {p['min']}")
+        if p["max"] is not None:
+            extra.append(f"<= {p['max']}")
+        desc = escape(p["help"] + (f" [{'; '.join(extra)}]" if extra else ""))
+        default = "(required)" if p["required"] else p["default"]
+        table.add_row(p["name"], p["type_name"], default, desc)
     console.print(table)
 
 
@@ -381,7 +394,8 @@ def _add_plugin_commands() -> None:
     app.registered_commands[:] = _CORE_COMMANDS[0]
     app.registered_groups[:] = _CORE_COMMANDS[1]
     _add_core_commands()
-    pm, _ = _default()
+    n_core = len(app.registered_commands), len(app.registered_groups)
+    pm, reg = _default()
     for impl in pm.hook.ebmkit_cli.get_hookimpls():
         n_commands, n_groups = len(app.registered_commands), len(app.registered_groups)
         try:
@@ -390,6 +404,52 @@ def _add_plugin_commands() -> None:
         except Exception as exc:  # a plugin's CLI hook must not break the CLI
             del app.registered_commands[n_commands:], app.registered_groups[n_groups:]
             err_console.print(f"[yellow]plugin '{impl.plugin_name}' failed to add commands: {exc}[/]")
+    from . import listing
+
+    if listing.cache_path() is not None:  # refresh the cache --help / list / describe read
+        added = [*app.registered_commands[n_core[0]:], *app.registered_groups[n_core[1]:]]
+        listing.write(listing.snapshot(reg, [_command_summary(c) for c in added]),
+                      listing.fingerprint())
+
+
+def _command_summary(info) -> dict[str, str]:
+    """Name and one-line help of a command (or group) a plugin added, for the listing cache."""
+    import inspect
+
+    from typer.models import TyperInfo
+
+    if isinstance(info, TyperInfo):  # a group (app.add_typer)
+        sub = info.typer_instance
+        text = info.help or (sub.info.help if sub is not None else None) or ""
+        return {"name": str(info.name or ""), "help": str(text).strip().split("\n")[0], "group": True}
+    cb = info.callback
+    name = info.name or (cb.__name__.lower().replace("_", "-") if cb is not None else "")
+    text = info.help or inspect.getdoc(cb) or ""
+    return {"name": str(name), "help": str(text).strip().split("\n")[0], "group": False}
+
+
+def _add_cached_commands(doc) -> None:
+    """Stand-ins for the commands plugins add, so ``ebmkit --help`` lists them (light path)."""
+    global _CORE_COMMANDS
+    if _CORE_COMMANDS is None:
+        _CORE_COMMANDS = (list(app.registered_commands), list(app.registered_groups))
+    app.registered_commands[:] = _CORE_COMMANDS[0]
+    app.registered_groups[:] = _CORE_COMMANDS[1]
+    _add_core_commands()
+    for c in doc.get("commands", []):
+        if c.get("group"):
+            stand_in = typer.Typer(help=c["help"])
+            stand_in.command("_", hidden=True)(lambda: None)
+            app.add_typer(stand_in, name=c["name"])
+        else:
+            app.command(c["name"], help=c["help"], add_help_option=False)(lambda: None)
+
+
+def _light(args: list[str]) -> bool:
+    """``ebmkit``, ``ebmkit --help`` and ``ebmkit list|describe ...``: no plugin needs loading."""
+    if not args or args[0] in ("--help", "-h"):
+        return True
+    return args[0] in _LIGHT
 
 
 def _add_core_commands() -> None:
@@ -403,9 +463,24 @@ def _add_core_commands() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors become one line on stderr and a non-zero exit code."""
+    global _CACHED, _CACHED_TRAIN
+    args = list(sys.argv[1:] if argv is None else argv)
+    doc = None
+    if _light(args):
+        from . import listing
+
+        doc = listing.read()
     try:
-        _add_plugin_commands()
-        rv = app(args=argv, standalone_mode=False, prog_name="ebmkit")
+        if doc is not None:
+            from . import listing
+
+            _CACHED = listing.registry_from(doc)
+            _CACHED_TRAIN = (doc["train"]["doc"], doc["train"]["params"])
+            _add_cached_commands(doc)
+        else:
+            _CACHED = None
+            _add_plugin_commands()
+        rv = app(args=args, standalone_mode=False, prog_name="ebmkit")
         if rv == 130:  # click/typer turn Ctrl-C into a return value when not standalone
             raise KeyboardInterrupt
     except TrainingInterrupted as exc:  # a clean stop on Ctrl-C / SIGTERM, checkpoint written

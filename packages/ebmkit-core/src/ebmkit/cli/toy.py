@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..reproductions.toy import REGIMES, SUMMARY_KEYS, TOYS, check_claims, reproduce
-
 
 def add_commands(app):
     import typer
@@ -26,6 +24,7 @@ def add_commands(app):
         from rich.table import Table
 
         from ..errors import ConfigError
+        from ..reproductions.toy import REGIMES, SUMMARY_KEYS, TOYS, check_claims, reproduce
 
         if toy not in TOYS:
             raise ConfigError(f"unknown toy '{toy}'; choose one of: {', '.join(TOYS)}")
