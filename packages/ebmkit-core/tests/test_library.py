@@ -447,3 +447,21 @@ def test_fitted_and_loaded_models_compute_the_same_energies(tmp_path, registry, 
                          registry=registry)
     x = _points(32, seed=1)
     assert torch.equal(ebm(x), loaded(x))
+
+
+def test_a_long_run_says_how_long_after_its_first_iteration(registry):
+    """One line with the estimate and the faster alternatives, once (TimeEstimate)."""
+    from ebmkit.callbacks import TimeEstimate, default_callbacks
+
+    said = []
+
+    class Console:
+        def print(self, msg, **kw):
+            said.append(str(msg))
+
+    assert any(isinstance(c, TimeEstimate) for c in default_callbacks(ebmkit.RunConfig.default(), None))
+    ebmkit.fit(energy="mlp", data="gmm2d", sampler={"name": "langevin", "steps": 2}, iterations=4,
+               batch_size=8, registry=registry, console=Console(), threads=1,
+               callbacks=[TimeEstimate(warn_after=0.0)])
+    notes = [s for s in said if "iterations left take about" in s]
+    assert len(notes) == 1 and "3 iterations left" in notes[0] and "--preset quick" in notes[0]

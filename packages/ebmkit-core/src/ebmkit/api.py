@@ -51,7 +51,7 @@ from .training import Run, make_optimizer, pick_device, run_loop
 
 #: ``train.*`` keys a resumed run may change (the rest would change what it learns).
 RESUMABLE = frozenset({"iterations", "sample_every", "checkpoint_every", "log_every", "plots",
-                       "grid_size", "device", "sample_steps", "tensorboard", "keep"})
+                       "grid_size", "device", "sample_steps", "tensorboard", "keep", "threads"})
 _KINDS = {"energy": "energy", "sampler": "sampler", "init": "initializer", "data": "dataset"}
 
 
@@ -310,7 +310,13 @@ def _train(cfg: RunConfig, objects: dict[str, Any], out: Path | None, callbacks:
     )
     if acc.is_main_process:
         run.say = say or print
-    run_loop(run, callbacks, energy_ddp=energy_ddp, stop_after=stop_after)
+    threads = torch.get_num_threads()
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    try:
+        run_loop(run, callbacks, energy_ddp=energy_ddp, stop_after=stop_after)
+    finally:
+        torch.set_num_threads(threads)
     model.eval()  # as ebmkit.load returns it: energies of a fitted and a loaded model agree
     ebm = run.model()
     ebm.out_dir, ebm.last, ebm.completed = out, dict(run.row), run.completed

@@ -102,8 +102,9 @@ class ProgressBar(Callback):
         if not run.is_main:
             return
         self._bar = _progress(self.console)
+        first = f"first iteration: {run.sampler.default_steps} chain steps..."
         self._task = self._bar.add_task("training", total=run.train.iterations, completed=run.step,
-                                        info="")
+                                        info=first)
         self._bar.start()
 
     def on_step_end(self, run, out):
@@ -118,6 +119,35 @@ class ProgressBar(Callback):
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+
+
+class TimeEstimate(Callback):
+    """After the first iteration, when the whole run will take longer than ``warn_after``
+    seconds, one line with the estimate and the faster alternatives (main process only)."""
+
+    def __init__(self, *, warn_after: float = 3600.0):
+        self.warn_after = warn_after
+
+    def on_step_end(self, run, out):
+        if not run.is_main or run.step != run.start_step + 1:
+            return
+        sec = float(run.row.get("sec") or 0.0)
+        left = run.train.iterations - run.step
+        total = sec * left
+        if total > self.warn_after:
+            run.say(f"note: about {_duration(sec)} per iteration here, so the {left} iterations "
+                    f"left take about {_duration(total)}; for a quick look use --preset quick or "
+                    "fewer --iterations, or a GPU (--device cuda)")
+
+
+def _duration(sec: float) -> str:
+    if sec < 90:
+        return f"{sec:.1f} s"
+    if sec < 5400:
+        return f"{sec / 60:.0f} min"
+    if sec < 2 * 86400:
+        return f"{sec / 3600:.1f} h"
+    return f"{sec / 86400:.1f} days"
 
 
 class CSVLogger(Callback):
@@ -430,6 +460,7 @@ def default_callbacks(run_config, out_dir: Path | None, *, progress: bool = True
     cbs: list[Callback] = [DivergenceGuard()]
     if progress:
         cbs.append(ProgressBar(console))
+    cbs.append(TimeEstimate())
     if out_dir is None:
         return cbs
     out_dir = Path(out_dir)
@@ -460,6 +491,6 @@ def _want_tensorboard(cfg) -> bool:
 
 __all__ = [
     "Callback", "CSVLogger", "Checkpoint", "DiagnosticPlots", "DivergenceGuard", "LambdaCallback",
-    "ProgressBar", "SampleGrids", "TensorBoard", "default_callbacks", "describe_state",
+    "ProgressBar", "SampleGrids", "TensorBoard", "TimeEstimate", "default_callbacks", "describe_state",
     "load_state", "save_state",
 ]

@@ -64,6 +64,7 @@ class TrainConfig:
     log_every: int = param(1, "Write diagnostics every N iterations.", min=1)
     sample_every: int = param(100, "Write a sample grid every N iterations (0 = only at the end).", min=0)
     checkpoint_every: int = param(500, "Write model.safetensors and the resume state every N iterations (0 = only at the end).", min=0)
+    threads: int = param(0, "torch intra-op threads for this run (0 = torch's default, one per core: best on an idle machine; on a shared or busy machine 1 is often several times faster).", min=0)
     keep: int = param(2, "Complete checkpoints kept in checkpoints/ (older ones are removed once a newer one is committed).", min=1)
     grid_size: int = param(64, "Samples in each grid.", min=1)
     plots: bool = param(True, "Write the diagnostics plots at the end.")

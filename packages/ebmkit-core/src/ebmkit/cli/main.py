@@ -174,7 +174,8 @@ def run(
         k = getattr(spec.configs["sampler"], "steps", "?")
         say(f"[bold]ebmkit run[/] energy={spec.name('energy')} sampler={spec.name('sampler')} "
             f"init={spec.name('init')} data={spec.name('data')}  iterations={spec.train.iterations} "
-            f"batch={spec.train.batch_size} K={k}  -> {escape(str(out_dir))}", highlight=False)
+            f"batch={spec.train.batch_size} K={k} threads={spec.train.threads or _default_threads()}"
+            f"  -> {escape(str(out_dir))}", highlight=False)
     ebm = api.fit(registry=reg, progress=progress, console=console, **fit_args)
     if ebm.step and ebm.last:
         lt = ebm.last
@@ -443,6 +444,12 @@ def _add_cached_commands(doc) -> None:
             app.add_typer(stand_in, name=c["name"])
         else:
             app.command(c["name"], help=c["help"], add_help_option=False)(lambda: None)
+
+
+def _default_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _light(args: list[str]) -> bool:
