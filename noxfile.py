@@ -3,6 +3,7 @@
     nox                      # lint + every member's tests (what CI runs)
     nox -s "tests(package='ebmkit-core')"
     nox -s slow              # long statistical checks and reproductions (opt-in)
+    nox -s digits            # only the full digits reproduction (opt-in, ~20 min on 2 cores)
 
 Each tests session syncs only its member (and that member's `test` dependency group) into its
 own virtual environment with uv, so a member that forgets to declare a dependency fails here.
@@ -51,6 +52,15 @@ def slow(session: nox.Session) -> None:
     dirs = [str(p / "tests") for p in MEMBERS.values()]
     session.run("pytest", *dirs, "-m", "slow", "-q", *session.posargs, env={"MPLBACKEND": "Agg"},
                 success_codes=[0, 5])
+
+
+@nox.session
+def digits(session: nox.Session) -> None:
+    """Opt-in: the full digits reproduction (docs/reproductions/digits.md), both regimes."""
+    _sync(session, "ebmkit-core")
+    test = MEMBERS["ebmkit-core"] / "tests" / "test_digits.py"
+    session.run("pytest", f"{test}::test_full_reproduction_meets_the_thresholds", "-m", "slow",
+                "-q", *session.posargs, env={"MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"})
 
 
 @nox.session(venv_backend="uv")

@@ -461,10 +461,11 @@ def _light(args: list[str]) -> bool:
 
 def _add_core_commands() -> None:
     """The core's own command groups (data, toy, plugin); each module adds its commands."""
-    from . import data, plugin, toy
+    from . import data, plugin, reproduce, toy
 
     app.add_typer(data.data_app, name="data")
     toy.add_commands(app)
+    reproduce.add_commands(app)
     plugin.add_commands(app)
 
 
