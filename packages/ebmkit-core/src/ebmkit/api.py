@@ -51,7 +51,8 @@ from .training import Run, make_optimizer, pick_device, run_loop
 
 #: ``train.*`` keys a resumed run may change (the rest would change what it learns).
 RESUMABLE = frozenset({"iterations", "sample_every", "checkpoint_every", "log_every", "plots",
-                       "grid_size", "device", "sample_steps", "tensorboard", "keep", "threads"})
+                       "grid_size", "device", "sample_steps", "tensorboard", "keep", "threads",
+                       "precision"})
 _KINDS = {"energy": "energy", "sampler": "sampler", "init": "initializer", "data": "dataset"}
 
 

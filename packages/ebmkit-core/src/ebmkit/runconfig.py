@@ -60,7 +60,14 @@ class TrainConfig:
     convergent: bool = param(False, "Anatomy App. A recipe: U = F/(eps^2/2) (energy.scale), lr = (eps^2/2)*lr; needs sampler.step_size, SGD without momentum.")
     seed: int = param(0, "Random seed (model init, data order, chains), 0 <= seed < 2**32.", min=0, max=2**32 - 1)
     device: str = param("auto", "auto, cpu, cuda, cuda:N or mps.")
-    mixed_precision: str = param("no", "Autocast for the loss forward: no, bf16 or fp16 (Accelerate).", choices=("no", "bf16", "fp16"))
+    precision: str = param(
+        "fp32",
+        "Arithmetic of the training iteration: fp32 (the reference), bf16 (autocast for the chains' "
+        "energy gradients and the loss pass; chain states, noise, energies and parameter updates "
+        "stay fp32) or auto (bf16 where the device has fast bf16 and the sampler is not an exact "
+        "MH sampler, else fp32).",
+        choices=("fp32", "bf16", "auto"))
+    mixed_precision: str = param("no", "Legacy: Accelerate autocast for the loss forward only (no, bf16, fp16); prefer precision.", choices=("no", "bf16", "fp16"))
     log_every: int = param(1, "Write diagnostics every N iterations.", min=1)
     sample_every: int = param(100, "Write a sample grid every N iterations (0 = only at the end).", min=0)
     checkpoint_every: int = param(500, "Write model.safetensors and the resume state every N iterations (0 = only at the end).", min=0)
@@ -76,6 +83,8 @@ class TrainConfig:
             raise ValueError("steps_max must be >= 1")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError("betas must be two numbers in [0, 1)")
+        if self.precision != "fp32" and self.mixed_precision != "no":
+            raise ValueError("set precision or the legacy mixed_precision, not both")
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise ValueError(f"device {self.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
 

@@ -102,6 +102,70 @@ def pick_device(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# precision
+# ---------------------------------------------------------------------------------------------
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def fast_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` runs bf16 matrix arithmetic natively (faster than fp32): CUDA devices
+    of compute capability 8.0 or newer; CPUs with AVX512-BF16 or AMX-BF16 (read from
+    ``/proc/cpuinfo``; elsewhere unknown, so False)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available()
+                    and torch.cuda.get_device_capability(device)[0] >= 8)
+    if device.type == "cpu":
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("flags"):
+                        flags = set(line.split(":", 1)[1].split())
+                        return bool({"avx512_bf16", "amx_bf16"} & flags)
+        except OSError:
+            return False
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device | str, sampler: Sampler) -> str:
+    """``fp32`` or ``bf16`` for a run: ``auto`` is bf16 where :func:`fast_bf16` holds and the
+    sampler is not an exact MH sampler (its Metropolis test needs accurate energy differences),
+    otherwise the fp32 reference."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision '{precision}' is not one of {', '.join(PRECISIONS)}; fix train.precision")
+    if precision != "auto":
+        return precision
+    return "bf16" if fast_bf16(device) and not sampler.exact else "fp32"
+
+
+class Autocast(nn.Module):
+    """``energy`` evaluated under bf16 autocast, its output returned in fp32.
+
+    What a sampler sees in a bf16 training iteration: the convolutions and matrix products of
+    the forward pass and of the input-gradient run in bf16, while the chain state, the gradient
+    it receives (autocast's casts are differentiable), the noise and the update stay fp32.
+    Parameters are the wrapped module's (``frozen``/``eval_mode`` act on them); attributes the
+    wrapper lacks are looked up on the energy.
+    """
+
+    def __init__(self, energy: nn.Module, dtype: torch.dtype = torch.bfloat16):
+        super().__init__()
+        self.inner = energy
+        self.dtype = dtype
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(x.device.type, dtype=self.dtype):
+            u = self.inner(x)
+        return u.float()
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["inner"], name)
+
+
+# ---------------------------------------------------------------------------------------------
 # one iteration
 # ---------------------------------------------------------------------------------------------
 @dataclass
@@ -131,6 +195,7 @@ def train_step(
     forward: Callable[[Tensor], Tensor] | None = None,
     backward: Callable[[Tensor], None] | None = None,
     autocast: Any = None,
+    precision: str = "fp32",
 ) -> StepOutput:
     """One learning iteration of MCMC-based maximum likelihood (anatomy eq. 8).
 
@@ -142,15 +207,26 @@ def train_step(
        default ``energy``), ``backward(L)`` (default ``L.backward()``; Accelerate's under DDP),
        one ``optimizer`` step — so the energy of the data goes down and that of the samples up;
     4. ``initializer.update(x-)`` (a persistent buffer keeps the end states).
+
+    ``precision="bf16"`` runs the chain on :class:`Autocast` ``(energy)`` and the loss pass
+    under bf16 autocast (``autocast``, Accelerate's context for the legacy
+    ``mixed_precision``, is then not used); states, energies, the loss and the optimizer stay
+    fp32.
     """
+    if precision not in ("fp32", "bf16"):
+        raise ConfigError(f"train_step: precision must be fp32 or bf16, not {precision!r} "
+                          "(resolve 'auto' with resolve_precision)")
+    bf16 = precision == "bf16"
     if data_noise > 0:
         x_pos = x_pos + data_noise * randn_like_on(x_pos, generator)
     n = x_pos.shape[0] if n_chains is None else int(n_chains)
     x0 = initializer.sample(n, data=x_pos, generator=generator, device=x_pos.device)
     with eval_mode(energy):
-        chain = sampler.run(energy, x0, steps, generator=generator)
+        chain = sampler.run(Autocast(energy) if bf16 else energy, x0, steps, generator=generator)
     x_neg = chain.x
     fwd = forward if forward is not None else energy
+    if bf16:
+        autocast = torch.autocast(x_pos.device.type, dtype=torch.bfloat16)
     with autocast if autocast is not None else contextlib.nullcontext():
         u = fwd(torch.cat([x_pos, x_neg]))
     u_pos, u_neg = u.float().split([x_pos.shape[0], x_neg.shape[0]])
@@ -200,6 +276,7 @@ class Run:
     setup_done: bool = False
     interrupted: int = 0  # the signal (SIGINT 2, SIGTERM 15) that stopped the run, if any
     saved: Path | None = None  # the last checkpoint a callback committed
+    precision: str = "fp32"  # what train.precision resolved to on this device (set by run_loop)
     say: Callable[[str], None] = field(default=lambda msg: None, repr=False)  # one-line notices
 
     @property
@@ -296,6 +373,7 @@ def run_loop(run: Run, callbacks: Sequence[Callback], *, energy_ddp: nn.Module |
     acc = run.accelerator
     device = acc.device
     fwd = energy_ddp if energy_ddp is not None else run.energy
+    run.precision = resolve_precision(cfg.precision, device, run.sampler)
     if run.resume:
         for cb in callbacks:
             cb.on_resume(run)
@@ -311,6 +389,7 @@ def run_loop(run: Run, callbacks: Sequence[Callback], *, energy_ddp: nn.Module |
     # in-memory sets continue from the restored generator; shard streams seek to (epoch, batch)
     batches = batch_stream(run.dataset, cfg.batch_size, generator=run.data_generator, start=run.step)
     grad_coef = run.sampler.grad_coef
+    precision = run.precision
     with StopOnSignal(enabled=handle_signals) as signals:
         try:
             t_last = time.perf_counter()
@@ -326,7 +405,8 @@ def run_loop(run: Run, callbacks: Sequence[Callback], *, energy_ddp: nn.Module |
                 out = train_step(run.energy, x_pos, sampler=run.sampler, initializer=run.initializer,
                                  optimizer=run.optimizer, steps=k, data_noise=sigma,
                                  generator=run.generator, n_chains=cfg.batch_size, forward=fwd,
-                                 backward=acc.backward, autocast=acc.autocast())
+                                 backward=acc.backward, autocast=acc.autocast(),
+                                 precision=precision)
                 # diagnostics: one host sync per iteration, averaged over processes; the signal
                 # flag rides along so every rank stops after the same iteration
                 a = out.chain.accept_rate
