@@ -36,7 +36,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_train_step import paper_energy  # noqa: E402  (the same baseline module)
