@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from ebmkit.builtin.samplers import MALA, Langevin, LangevinConfig, MALAConfig
 from ebmkit.errors import ConfigError
 from ebmkit.training import Autocast, resolve_precision
