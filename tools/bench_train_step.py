@@ -37,6 +37,21 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def paper_step(f: nn.Module, optim: torch.optim.Optimizer, data: torch.Tensor, *, k: int, m: int,
+               device: str = "cpu") -> None:
+    """One iteration of the appendix code (7.3), as written there."""
+    x_p_d = data[torch.randint(0, len(data), (m,), device=device)] + 0.1 * torch.randn(m, *data.shape[1:], device=device)
+    x_k = torch.autograd.Variable(torch.rand(m, *data.shape[1:], device=device) * 2 - 1, requires_grad=True)
+    for _ in range(k):
+        f_prime = torch.autograd.grad(f(x_k).sum(), [x_k], retain_graph=True)[0]
+        x_k.data += f_prime + 1e-2 * torch.randn_like(x_k)
+    x_q = x_k.detach()
+    loss = f(x_p_d).mean() - f(x_q).mean()
+    optim.zero_grad()
+    (-loss).backward()
+    optim.step()
+
+
 def paper_iterations(data: torch.Tensor, *, nf: int, k: int, m: int, iters: int,
                      device: str = "cpu") -> list[float]:
     """The appendix loop, timed per iteration."""
@@ -46,16 +61,7 @@ def paper_iterations(data: torch.Tensor, *, nf: int, k: int, m: int, iters: int,
     times = []
     for _ in range(iters):
         t0 = time.perf_counter()
-        x_p_d = data[torch.randint(0, len(data), (m,), device=device)] + 0.1 * torch.randn(m, *data.shape[1:], device=device)
-        x_k = torch.autograd.Variable(torch.rand(m, *data.shape[1:], device=device) * 2 - 1, requires_grad=True)
-        for _ in range(k):
-            f_prime = torch.autograd.grad(f(x_k).sum(), [x_k], retain_graph=True)[0]
-            x_k.data += f_prime + 1e-2 * torch.randn_like(x_k)
-        x_q = x_k.detach()
-        loss = f(x_p_d).mean() - f(x_q).mean()
-        optim.zero_grad()
-        (-loss).backward()
-        optim.step()
+        paper_step(f, optim, data, k=k, m=m, device=device)
         _sync(device)
         times.append(time.perf_counter() - t0)
     return times

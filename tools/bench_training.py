@@ -13,7 +13,7 @@ on the CPU the CPU time of the process (``time.process_time``; with the baton on
 is working) is shown beside the wall time, on CUDA wall time after a synchronize.
 
 Printed per variant: seconds per iteration, the ratio to the paper loop, image-steps per second
-(chains x K / s), peak memory during its iterations (CUDA: ``max_memory_allocated``; CPU: the
+(chains x K / s), peak memory during its iterations (CUDA: ``max_memory_allocated``; CPU: the whole
 process's peak RSS, reset before each iteration through ``/proc/self/clear_refs``) and, on CUDA,
 the model-FLOP utilisation (model FLOPs of one paper iteration, counted with
 ``torch.utils.flop_counter``, divided by the time and by the device's peak: bf16 dense for bf16,
@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_train_step import paper_energy  # noqa: E402  (the same baseline module)
+from bench_train_step import paper_energy, paper_step  # noqa: E402  (the same baseline)
 
 #: dense peak TFLOP/s (bf16, tf32) of GPUs by name fragment, from the vendors' data sheets
 PEAKS = {"H200": (989.0, 494.0), "H100": (989.0, 494.0), "A100": (312.0, 156.0),
@@ -129,16 +129,7 @@ def paper_worker(baton: Baton, name: str, data: torch.Tensor, *, nf: int, k: int
     f = paper_energy(data.shape[1], nf).to(device)
     optim = torch.optim.Adam(f.parameters(), lr=1e-4, betas=(0.9, 0.999))
     for _ in range(iters):
-        x_p_d = data[torch.randint(0, len(data), (m,), device=device)] + 0.1 * torch.randn(m, *data.shape[1:], device=device)
-        x_k = torch.autograd.Variable(torch.rand(m, *data.shape[1:], device=device) * 2 - 1, requires_grad=True)
-        for _ in range(k):
-            f_prime = torch.autograd.grad(f(x_k).sum(), [x_k], retain_graph=True)[0]
-            x_k.data += f_prime + 1e-2 * torch.randn_like(x_k)
-        x_q = x_k.detach()
-        loss = f(x_p_d).mean() - f(x_q).mean()
-        optim.zero_grad()
-        (-loss).backward()
-        optim.step()
+        paper_step(f, optim, data, k=k, m=m, device=device)
         baton.lap(name)
 
 
