@@ -172,9 +172,11 @@ def run(
     say = (lambda *a, **k: None) if quiet else console.print
     if spec is not None:
         k = getattr(spec.configs["sampler"], "steps", "?")
+        prec = _header_precision(spec)
         say(f"[bold]ebmkit run[/] energy={spec.name('energy')} sampler={spec.name('sampler')} "
             f"init={spec.name('init')} data={spec.name('data')}  iterations={spec.train.iterations} "
-            f"batch={spec.train.batch_size} K={k} threads={spec.train.threads or _default_threads()}"
+            f"batch={spec.train.batch_size} K={k} threads={spec.train.threads or _default_threads()} "
+            f"precision={prec}"
             f"  -> {escape(str(out_dir))}", highlight=False)
     ebm = api.fit(registry=reg, progress=progress, console=console, **fit_args)
     if ebm.step and ebm.last:
@@ -444,6 +446,19 @@ def _add_cached_commands(doc) -> None:
             app.add_typer(stand_in, name=c["name"])
         else:
             app.command(c["name"], help=c["help"], add_help_option=False)(lambda: None)
+
+
+def _header_precision(spec) -> str:
+    """train.precision as the run will use it (``auto`` resolved on the run's device)."""
+    from ebmkit.training import pick_device, resolve_precision
+
+    p = spec.train.precision
+    if p != "auto":
+        return p
+    try:
+        return f"auto->{resolve_precision(p, pick_device(spec.train.device), spec.sampler())}"
+    except Exception:  # noqa: BLE001 - the header never fails a run; fit reports config errors
+        return p
 
 
 def _default_threads() -> int:
