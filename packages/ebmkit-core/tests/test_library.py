@@ -314,10 +314,10 @@ def _diff(a: dict, b: dict) -> dict[str, tuple]:
 
 def test_with_overrides_changes_only_what_is_asked(registry):
     cfg = RunConfig.from_preset("quick", registry=registry)
-    new = cfg.with_overrides("sampler.steps=60", {"energy": {"nf": 16}}, train={"lr": 2e-4})
+    new = cfg.with_overrides("sampler.steps=60", {"energy": {"nf": 16}}, train={"lr": 3e-4})
     assert _diff(cfg.to_dict(), new.to_dict()) == {
-        "sampler.steps": (40, 60), "energy.nf": (32, 16), "train.lr": (1e-4, 2e-4)}
-    assert new.configs["sampler"].steps == 60 and new.train.lr == 2e-4
+        "sampler.steps": (40, 60), "energy.nf": (32, 16), "train.lr": (2e-4, 3e-4)}
+    assert new.configs["sampler"].steps == 60 and new.train.lr == 3e-4
     assert cfg.configs["sampler"].steps == 40  # the original is untouched (frozen)
     assert cfg.with_overrides() == cfg
 
