@@ -29,6 +29,7 @@ from .interfaces import (
     EvalResult,
     Evaluator,
     Initializer,
+    Objective,
     Prior,
     PriorInitializer,
     Sampler,
@@ -38,6 +39,7 @@ from .params import to_dict
 from .runconfig import (
     CUSTOM,
     DEFAULT_DOC,
+    PLUGINS,
     SECTIONS,
     RunConfig,
     TrainConfig,
@@ -53,7 +55,8 @@ from .training import Run, make_optimizer, pick_device, run_loop
 RESUMABLE = frozenset({"iterations", "sample_every", "checkpoint_every", "log_every", "plots",
                        "grid_size", "device", "sample_steps", "tensorboard", "keep", "threads",
                        "precision"})
-_KINDS = {"energy": "energy", "sampler": "sampler", "init": "initializer", "data": "dataset"}
+_KINDS = {"energy": "energy", "sampler": "sampler", "init": "initializer", "data": "dataset",
+          "objective": "objective"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,6 +105,8 @@ def fit(
     sampler: str | Mapping[str, Any] | Sampler | None = None,
     init: str | Mapping[str, Any] | Initializer | None = None,
     *,
+    objective: str | Mapping[str, Any] | Objective | None = None,
+    plugins: Mapping[str, Mapping[str, Any]] | None = None,
     config: RunConfig | Mapping[str, Any] | str | Path | None = None,
     preset: str | None = None,
     train: TrainConfig | Mapping[str, Any] | None = None,
@@ -119,15 +124,19 @@ def fit(
 
     Components are registry names (``"convnet32"``), dicts with a name and parameters
     (``{"name": "langevin", "steps": 60}``), or objects: any ``nn.Module`` energy
-    (``[B, ...] -> [B]``), a :class:`Sampler`, an :class:`Initializer`, a :class:`DataSource`,
-    a tensor ``[N, ...]`` or a ``Dataset`` of data. Unset components come from ``config``
-    (a :class:`RunConfig`, a document dict or a TOML path), ``preset``, or the defaults.
-    ``[train]`` options are keywords (``iterations=600, lr=1e-4``) or ``train=``.
+    (``[B, ...] -> [B]``), a :class:`Sampler`, an :class:`Initializer`, an :class:`Objective`
+    (the loss; default ``ml``), a :class:`DataSource`, a tensor ``[N, ...]`` (or a numpy array)
+    or a ``Dataset`` of data. Unset components come from ``config`` (a :class:`RunConfig`, a
+    document dict or a TOML path), ``preset``, or the defaults. ``[train]`` options are keywords
+    (``iterations=600, lr=1e-4``) or ``train=``; plugins' own options are
+    ``plugins={"fid": {"every": 100}}`` (the run document's ``[plugins.<name>]`` tables).
 
     Without ``out_dir`` everything stays in memory; with it, the run directory gets exactly what
     ``ebmkit run`` writes (``run.toml``, ``model.safetensors``, ``samples/``,
-    ``diagnostics.csv``, ``plots/``, ``train_state/``). ``resume=True`` continues the run saved
-    in ``out_dir``. ``callbacks`` run after the built-ins (see :mod:`ebmkit.callbacks`).
+    ``diagnostics.csv``, ``plots/``, ``checkpoints/``). ``resume=True`` continues the run saved
+    in ``out_dir``. ``callbacks`` (:class:`Callback` objects, or plain functions
+    ``f(run, out)`` called after every iteration) run after the built-ins (see
+    :mod:`ebmkit.callbacks`).
     """
     from .plugins import build_registry
 
@@ -138,7 +147,8 @@ def fit(
     if resume:
         if out is None:
             raise ConfigError("resume=True needs out_dir (the run directory to continue)")
-        given = {"energy": energy, "data": data, "sampler": sampler, "init": init}
+        given = {"energy": energy, "data": data, "sampler": sampler, "init": init,
+                 "objective": objective}
         if any(v is not None for v in (config, preset, train)) or any(
                 isinstance(v, (str, Mapping)) for v in given.values()):
             raise ConfigError("resume continues a saved run; only train options "
@@ -150,7 +160,8 @@ def fit(
         path = out / "run.toml"
         if not path.is_file():
             raise CheckpointError(f"cannot resume: {path} not found (is {out} an ebmkit run directory?)")
-        cfg = resolve(merge(load_toml(path), {"train": train_options}), reg)
+        plugin_changes = _resumable_plugin_options(plugins, reg)
+        cfg = resolve(merge(load_toml(path), {"train": train_options, PLUGINS: plugin_changes}), reg)
         for section in SECTIONS:
             value = given[section]
             if cfg.classes[section] is None:
@@ -166,7 +177,8 @@ def fit(
                                   f"it from run.toml, not from the {section}= argument")
     else:
         doc = _base_document(config, preset, reg)
-        for section, value in (("energy", energy), ("sampler", sampler), ("init", init), ("data", data)):
+        for section, value in (("energy", energy), ("sampler", sampler), ("init", init), ("data", data),
+                               ("objective", objective)):
             if value is None:
                 continue
             doc, obj = _component(doc, section, value, reg)
@@ -184,6 +196,11 @@ def fit(
             doc = merge(doc, {"train": table})
         if train_options:
             doc = merge(doc, {"train": train_options})
+        if plugins:
+            if not isinstance(plugins, Mapping) or not all(isinstance(v, Mapping) for v in plugins.values()):
+                raise ConfigError("plugins= is a dict of each plugin's options, e.g. "
+                                  "plugins={'fid': {'every': 100}}")
+            doc = merge(doc, {PLUGINS: plugins})
         cfg = resolve(doc, reg)
         if out is not None:
             _check_out_dir(out, force=force)
@@ -196,6 +213,25 @@ def fit(
         cbs.extend(plugin_callbacks(pm, cfg, out))
     say = (lambda msg: console.print(msg, highlight=False, markup=False)) if console is not None else None
     return _train(cfg, objects, out, cbs, resume=resume, stop_after=stop_after, say=say)
+
+
+def _resumable_plugin_options(plugins, reg) -> dict:
+    """``plugins=`` on resume: only the keys each plugin's :class:`Options` declares resumable."""
+    if not plugins:
+        return {}
+    out = {}
+    for name, values in dict(plugins).items():
+        try:
+            cls = reg.get("options", name)
+        except LookupError:
+            raise ConfigError(f"plugins: no installed plugin declares options [plugins.{name}]; "
+                              f"declared: {', '.join(reg.names('options')) or '(none)'}") from None
+        bad = sorted(set(values) - set(cls.resumable))
+        if bad:
+            allowed = ", ".join(f"plugins.{name}.{k}" for k in sorted(cls.resumable)) or "(none)"
+            raise ConfigError(f"plugins.{name}.{bad[0]} cannot change on resume; allowed: {allowed}")
+        out[name] = dict(values)
+    return out
 
 
 #: What makes a directory "hold a run": a fresh run there needs force=True / --force.
@@ -252,7 +288,8 @@ def _component(doc: dict, section: str, value: Any, reg) -> tuple[dict, Any]:
         return merge(doc, {section: table}), None
     if section == "data" and isinstance(value, (Tensor, Dataset)) and not isinstance(value, DataSource):
         value = InMemoryData(value)
-    expected = {"energy": nn.Module, "sampler": Sampler, "init": Initializer, "data": DataSource}[section]
+    expected = {"energy": nn.Module, "sampler": Sampler, "init": Initializer, "data": DataSource,
+                "objective": Objective}[section]
     if not isinstance(value, expected):
         raise ConfigError(f"{section}: expected a name, a dict or a {expected.__name__}, got {type(value).__name__}")
     # A registered component instance is recorded by name and config: a checkpoint then

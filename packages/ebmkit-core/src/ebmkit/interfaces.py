@@ -1,4 +1,4 @@
-"""The five component kinds and their contracts.
+"""The component kinds and their contracts.
 
 Conventions (one everywhere): an energy ``U`` maps a batch ``[B, ...]`` to ``[B]``; lower is
 more probable; ``p(x) ∝ exp(-U(x) / T)``. Image data lives in ``[-1, 1]``.
@@ -18,7 +18,7 @@ import contextlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -40,18 +40,50 @@ from .mcmc import (
 if TYPE_CHECKING:  # pragma: no cover
     from torch.utils.data import Dataset
 
-    from .model import EBM
-
 __all__ = [
     "MEMORY_FORMATS", "ChainResult", "ChainState", "ChainStats", "Component", "DataSource",
-    "Energy", "EvalResult", "Evaluator", "Initializer", "KINDS", "NoParams", "Prior",
-    "Preset", "PriorInitializer", "Sampler", "StepInfo",
+    "Energy", "EvalResult", "Evaluator", "Initializer", "KINDS", "Model", "NoParams", "Objective",
+    "ObjectiveOutput", "Options", "Prior", "Preset", "PriorInitializer", "SampleMetric", "Sampler",
+    "StepInfo",
 ]
 
 
 @dataclass(frozen=True, kw_only=True)
 class NoParams:
     """A config with no parameters."""
+
+
+@runtime_checkable
+class Model(Protocol):
+    """What an evaluator is given: a trained model (:class:`ebmkit.EBM` implements it).
+
+    Declared here so that ``interfaces`` needs nothing from the layers above it (the layers hold
+    at type level too); evaluators use only these members.
+    """
+
+    energy: nn.Module
+    sampler: Sampler
+    initializer: Initializer
+    shape: tuple[int, ...]
+    steps: int
+    config: Any
+    registry: Any
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def prior(self) -> Prior: ...
+
+    def __call__(self, x: Tensor) -> Tensor: ...
+
+    def sample(self, n: int, **kwargs: Any) -> Any: ...
+
+    def starts(self, n: int, **kwargs: Any) -> Tensor: ...
+
+    def generate(self, z: Tensor, **kwargs: Any) -> Tensor: ...
+
+    def component(self, kind: str, name: str, config: Any = None) -> Any: ...
 
 
 class Component:
@@ -433,8 +465,87 @@ class Evaluator(Component):
     def __init__(self, config: Any):
         self.config = config
 
-    def evaluate(self, model: EBM, data: DataSource | None, out_dir: Path) -> EvalResult:
+    def evaluate(self, model: Model, data: DataSource | None, out_dir: Path | None) -> EvalResult:
+        """Numbers in ``metrics``; with an ``out_dir``, JSON and PNGs written there (and listed in
+        ``figures``). ``out_dir=None`` (``ebmkit.evaluate(..., out_dir=None)``): compute in
+        memory and write no file."""
         raise NotImplementedError
+
+
+class SampleMetric:
+    """A score of a batch of samples against a reference batch (FID, KID, precision/recall).
+
+    ``score(samples, reference) -> {metric: value}``: both ``[N, *shape]`` tensors in the data's
+    range. Evaluators that also implement this interface are found by it (the ``transition``
+    evaluator and the training-time metric callback use every installed one the user names),
+    never by their registry names. ``metric_names`` lists the keys ``score`` returns.
+    """
+
+    metric_names: ClassVar[tuple[str, ...]] = ()
+
+    def score(self, samples: Tensor, reference: Tensor) -> dict[str, float]:
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------------------------
+# objective
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ObjectiveOutput:
+    """What an objective returns for one iteration (tensors on the device, nothing synced).
+
+    ``loss`` is the scalar the optimizer minimises; ``u_pos`` / ``u_neg`` the energies ``[B]`` of
+    the positives and negatives (the trainer's ``e_pos``/``e_neg`` and the divergence guard read
+    them); ``metrics`` any further scalars (0-d tensors or floats) to log each iteration under
+    their names (e.g. ``{"ce": ..., "acc": ...}``).
+    """
+
+    loss: Tensor
+    u_pos: Tensor
+    u_neg: Tensor
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class Objective(Component):
+    """The loss of one learning iteration: ``objective(energy, x_pos, x_neg, labels=) ->
+    ObjectiveOutput``.
+
+    ``energy`` is the function to differentiate (the DDP-wrapped energy during training: call it
+    once on everything it needs, e.g. ``energy(torch.cat([x_pos, x_neg]))``, so DDP reduces
+    gradients once), ``x_pos`` the (noised) data batch, ``x_neg`` the chains' end states,
+    ``labels`` the batch's labels when the objective :attr:`needs_labels` (else ``None``).
+    ``train_step`` calls ``backward(output.loss)`` and steps the optimizer; an objective never
+    does either. The built-in ``ml`` is the papers' ``mean U(x+) − mean U(x−)``.
+    """
+
+    kind = "objective"
+    #: Whether the objective needs the data's labels (the trainer refuses unlabelled data).
+    needs_labels: ClassVar[bool] = False
+
+    def __init__(self, config: Any):
+        self.config = config
+
+    def __call__(self, energy: Any, x_pos: Tensor, x_neg: Tensor, *,
+                 labels: Tensor | None = None) -> ObjectiveOutput:
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------------------------
+# plugin options
+# --------------------------------------------------------------------------------------------
+class Options(Component):
+    """A plugin's own per-run settings: the ``[plugins.<name>]`` table of the run document.
+
+    Register a subclass with ``name`` (the table's name, usually the plugin's) and ``Config`` (a
+    frozen keyword-only dataclass built with :func:`ebmkit.param`). The run document then has
+    ``[plugins.<name>]``; ``--set plugins.<name>.KEY=VALUE``, ``run.toml``, ``describe``,
+    :class:`~ebmkit.RunConfig` and resume treat it like ``[train]``. The plugin reads its values
+    from ``config.plugin(name)`` (a ``Config`` instance) in its hooks and callbacks.
+    ``resumable`` names the keys a resumed run may change (e.g. how often a metric is logged).
+    """
+
+    kind = "options"
+    resumable: ClassVar[frozenset[str]] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -460,4 +571,6 @@ KINDS: dict[str, type[Component]] = {
     "initializer": Initializer,
     "evaluator": Evaluator,
     "dataset": DataSource,
+    "objective": Objective,
+    "options": Options,
 }

@@ -252,7 +252,8 @@ def parse_override(text: str, *, section: str | None = None, flag: str = "--set"
 
 
 def dumps_toml(doc: Mapping[str, Mapping[str, Any]]) -> str:
-    """Write a two-level document (sections of scalars / lists) as TOML."""
+    """Write a document of sections (tables of scalars / lists, or of tables: ``[plugins.fid]``)
+    as TOML."""
 
     def fmt(v: Any) -> str:
         if isinstance(v, bool):
@@ -266,11 +267,20 @@ def dumps_toml(doc: Mapping[str, Mapping[str, Any]]) -> str:
         raise TypeError(f"cannot write {v!r} as TOML")
 
     lines = []
+
+    def table_lines(name: str, table: Mapping[str, Any]) -> None:
+        subs = {k: v for k, v in table.items() if isinstance(v, Mapping)}
+        scalars = {k: v for k, v in table.items() if not isinstance(v, Mapping)}
+        if scalars or not subs:
+            lines.append(f"[{name}]")
+            for k, v in scalars.items():
+                if v is None:
+                    continue  # TOML has no null; absent means default
+                lines.append(f"{k} = {fmt(v)}")
+            lines.append("")
+        for k, v in subs.items():  # [plugins.fid]: a plugin's own table
+            table_lines(f"{name}.{k}", v)
+
     for section, table in doc.items():
-        lines.append(f"[{section}]")
-        for k, v in table.items():
-            if v is None:
-                continue  # TOML has no null; absent means default
-            lines.append(f"{k} = {fmt(v)}")
-        lines.append("")
+        table_lines(section, table)
     return "\n".join(lines)

@@ -38,7 +38,7 @@ from .errors import EbmkitError, PluginError, UnknownComponentError
 
 #: The component kinds (``interfaces.KINDS`` maps them to their base classes; not imported here,
 #: so that building a plugin manager and reading a cached listing never imports torch).
-KIND_NAMES = ("energy", "sampler", "initializer", "evaluator", "dataset")
+KIND_NAMES = ("energy", "sampler", "initializer", "evaluator", "dataset", "objective", "options")
 
 GROUP = "ebmkit"
 
@@ -291,7 +291,8 @@ def instantiate(cls: type, *args: Any, registry: Registry | None = None) -> Any:
 _KIND_ALIASES = {
     "energies": "energy", "samplers": "sampler", "initializers": "initializer", "init": "initializer",
     "inits": "initializer", "evaluators": "evaluator", "datasets": "dataset", "data": "dataset",
-    "presets": "preset",
+    "presets": "preset", "objectives": "objective", "loss": "objective", "option": "options",
+    "plugins": "options",
 }
 
 
@@ -313,7 +314,7 @@ def kind_of(obj: Any) -> str:
                 return kind
     raise PluginError(
         f"cannot register {obj!r}: expected a subclass of Energy, Sampler, Initializer,"
-        " Evaluator or DataSource, or a Preset"
+        " Evaluator, DataSource, Objective or Options, or a Preset"
     )
 
 

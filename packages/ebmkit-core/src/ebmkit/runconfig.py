@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -26,14 +27,18 @@ from typing import Any
 from .errors import ConfigError
 from .params import build, dumps_toml, param, parse_override, to_dict
 
-SECTIONS = {"energy": "energy", "sampler": "sampler", "init": "initializer", "data": "dataset"}
-ALL_SECTIONS = (*SECTIONS, "train")
+SECTIONS = {"energy": "energy", "sampler": "sampler", "init": "initializer", "data": "dataset",
+            "objective": "objective"}
+#: ``[plugins.<name>]``: the tables of the plugins' own options (:class:`ebmkit.Options`).
+PLUGINS = "plugins"
+ALL_SECTIONS = (*SECTIONS, "train", PLUGINS)
 
 DEFAULT_DOC: dict[str, dict[str, Any]] = {
     "energy": {"name": "convnet32"},
     "sampler": {"name": "langevin"},
     "init": {"name": "noise"},
     "data": {"name": "mnist5k"},
+    "objective": {"name": "ml"},
     "train": {},
 }
 
@@ -108,18 +113,33 @@ def load_toml(path: Path) -> dict[str, dict[str, Any]]:
     return doc
 
 
+def _unknown_section(where: str, key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, ALL_SECTIONS, n=1)
+    hint = f" Did you mean [{close[0]}]?" if close else ""
+    return ConfigError(f"{where}: unknown section [{key}].{hint} Valid: {', '.join(ALL_SECTIONS)} "
+                       "(a plugin's options go in [plugins.NAME])")
+
+
 def check_sections(doc: Mapping[str, Any], where: str) -> None:
     for key, value in doc.items():
         if key not in ALL_SECTIONS:
-            raise ConfigError(f"{where}: unknown section [{key}]; valid: {', '.join(ALL_SECTIONS)}")
+            raise _unknown_section(where, key)
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: [{key}] must be a table")
+        if key == PLUGINS:
+            for name, table in value.items():
+                if not isinstance(table, Mapping):
+                    raise ConfigError(f"{where}: [plugins.{name}] must be a table (plugins.{name}.KEY = VALUE)")
 
 
 def merge(base: Mapping[str, Mapping[str, Any]], over: Mapping[str, Mapping[str, Any]]) -> dict:
     out = copy.deepcopy({k: dict(v) for k, v in base.items()})
     for section, table in over.items():
         cur = out.setdefault(section, {})
+        if section == PLUGINS:  # one table per plugin, merged key by key
+            for plugin, values in table.items():
+                cur[plugin] = {**dict(cur.get(plugin) or {}), **dict(values)}
+            continue
         if "name" in table and section != "train" and table["name"] != cur.get("name"):
             cur.clear()  # another component: the old one's parameters do not apply
         cur.update(table)
@@ -136,7 +156,17 @@ def apply_overrides(doc: dict, overrides: Iterable[str], *, flag: str = "--set")
     for text in overrides:
         section, key, value = parse_override(text, flag=flag)
         if section not in ALL_SECTIONS:
-            raise ConfigError(f"{flag} {text!r}: unknown section '{section}'; valid: {', '.join(ALL_SECTIONS)}")
+            close = difflib.get_close_matches(section, ALL_SECTIONS, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{flag} {text!r}: unknown section '{section}'.{hint} Valid: "
+                              f"{', '.join(ALL_SECTIONS)} (a plugin's options: plugins.NAME.KEY=VALUE)")
+        if section == PLUGINS:
+            plugin, _, sub = key.partition(".")
+            if not plugin or not sub or "." in sub:
+                raise ConfigError(f"{flag} {text!r}: a plugin option is plugins.NAME.KEY=VALUE, "
+                                  "e.g. plugins.fid.every=100")
+            doc.setdefault(PLUGINS, {}).setdefault(plugin, {})[sub] = value
+            continue
         if key == "name" and section != "train":
             doc = merge(doc, {section: {"name": value}})
         else:
@@ -167,6 +197,8 @@ class RunConfig:
     train: TrainConfig
     registry: Any = dataclasses.field(default=None, compare=False, repr=False)
     info: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict, compare=False)
+    #: ``[plugins.<name>]``: every installed plugin's options (its ``Config``, defaults filled in)
+    plugins: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -202,7 +234,19 @@ class RunConfig:
             else:
                 doc[section] = {"name": self.classes[section].name, **to_dict(self.configs[section])}
         doc["train"] = to_dict(self.train)
+        if self.plugins:
+            doc[PLUGINS] = {name: to_dict(cfg) for name, cfg in sorted(self.plugins.items())}
         return doc
+
+    def plugin(self, name: str) -> Any:
+        """The options of plugin section ``name`` (``[plugins.<name>]``, a ``Config`` instance);
+        a :class:`ConfigError` naming the installed ones when no plugin declared it."""
+        if name not in self.plugins:
+            close = difflib.get_close_matches(name, self.plugins, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"no plugin declares options [plugins.{name}].{hint} Declared: "
+                              f"{', '.join(sorted(self.plugins)) or '(none)'}")
+        return self.plugins[name]
 
     document = to_dict  # the name the checkpoint code has always used
 
@@ -260,6 +304,9 @@ class RunConfig:
     def initializer(self, shape):
         return self._build("init", shape)
 
+    def objective(self):
+        return self._build("objective")
+
     @property
     def sample_steps(self) -> int | None:
         """``train.sample_steps`` (the sampling K when set)."""
@@ -299,7 +346,25 @@ def resolve(doc: Mapping[str, Mapping[str, Any]], registry) -> RunConfig:
         configs = _convergent(configs, classes, train)
         eps = configs["sampler"].step_size
         train = dataclasses.replace(train, lr=train.lr * eps * eps / 2, convergent=False)
-    return RunConfig(classes, configs, train, registry, info)
+    plugins = resolve_plugin_options(doc.get(PLUGINS, {}), registry)
+    return RunConfig(classes, configs, train, registry, info, plugins)
+
+
+def resolve_plugin_options(tables: Mapping[str, Mapping[str, Any]], registry) -> dict[str, Any]:
+    """Every registered :class:`~ebmkit.Options` section built from its ``[plugins.<name>]``
+    table (defaults where absent); an unknown section name is an error with a did-you-mean."""
+    names = registry.names("options") if registry is not None else []
+    for name in tables:
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown plugin section [plugins.{name}].{hint} Plugins with options: "
+                              f"{', '.join(names) or '(none installed)'}")
+    out = {}
+    for name in names:
+        cls = registry.get("options", name)
+        out[name] = build(cls.Config, dict(tables.get(name) or {}), where=f"plugins.{name}")
+    return out
 
 
 def _data_follows_energy(table: dict, data_cls: type, energy_cls: type) -> dict:
