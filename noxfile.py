@@ -11,6 +11,7 @@ own virtual environment with uv, so a member that forgets to declare a dependenc
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nox
@@ -68,7 +69,8 @@ def lint(session: nox.Session) -> None:
     """ruff over the whole tree; the import-linter architecture contracts (pyproject.toml)."""
     session.install("ruff>=0.5", "import-linter>=2.3")
     session.run("ruff", "check", ".")
-    # grimp parses the source statically: ebmkit only has to be findable, not installed (no
-    # torch). --no-cache: the graph takes well under a second; no cache directory in the tree.
-    session.run("lint-imports", "--no-cache",
-                env={"PYTHONPATH": str(ROOT / "packages" / "ebmkit-core" / "src")})
+    # grimp parses the source statically: every member's package (the contracts' root packages)
+    # only has to be findable, not installed (no torch). --no-cache: the graph takes well under
+    # a second; no cache directory in the tree.
+    src_dirs = [str(p / "src") for p in MEMBERS.values() if (p / "src").is_dir()]
+    session.run("lint-imports", "--no-cache", env={"PYTHONPATH": os.pathsep.join(src_dirs)})

@@ -1,8 +1,10 @@
 """Architecture checks (docs/architecture.md).
 
 1. The import-linter contracts in the root ``pyproject.toml`` (``[tool.importlinter]``, run by
-   ``nox -s lint``) really bite: a copy of the source tree with one planted violation fails
-   them, naming the contract; the unmodified copy passes.
+   ``nox -s lint``) really bite: a copy of the workspace's packages (ebmkit, the conformance kit,
+   the plugins) with one planted violation fails them, naming the contract; the unmodified copy
+   passes. The layers hold at type level too (``if TYPE_CHECKING:`` imports count), and the kit
+   and every plugin use ebmkit's public API (never ``ebmkit.builtin`` nor ``ebmkit.cli``).
 2. What code asks of a component goes through its interface (``interfaces.py``), never through
    its name or its implementation: an AST check for ``x.name == "data"`` / ``name in
    ("persistent", ...)`` outside ``ebmkit/builtin/``, and for ``hasattr(sampler, "a")`` /
@@ -29,6 +31,13 @@ CORE = Path(__file__).resolve().parents[1]
 SRC = CORE / "src" / "ebmkit"
 ROOT = CORE.parents[1]
 PYPROJECT = ROOT / "pyproject.toml"
+
+
+def _workspace_packages() -> dict[str, Path]:
+    """Every import package of the workspace (``packages/*/src/*``, ``plugins/*/src/*``) by
+    name, ``ebmkit`` included."""
+    inits = [*ROOT.glob("packages/*/src/*/__init__.py"), *ROOT.glob("plugins/*/src/*/__init__.py")]
+    return {p.parent.name: p.parent for p in sorted(inits)}
 
 
 def _top_level_modules() -> set[str]:
@@ -64,6 +73,23 @@ def test_contract_module_lists_are_complete():
         "ebmkit.scaffold", "ebmkit.errors"}
 
 
+def test_every_workspace_package_is_checked_and_uses_the_public_api():
+    """Every package of the workspace is a root package of the contracts, and each one but
+    ebmkit (the kit, every plugin) has its contract forbidding ebmkit.builtin and ebmkit.cli."""
+    contracts = _contracts()
+    config = tomllib.loads(PYPROJECT.read_text())["tool"]["importlinter"]
+    packages = set(_workspace_packages())
+    assert {"ebmkit", "ebmkit_testing", "ebmkit_fid", "ebmkit_landscape",
+            "ebmkit_underdamped"} <= packages
+    assert set(config["root_packages"]) == packages
+    assert config.get("exclude_type_checking_imports") is False, "the layers hold at type level"
+    for pkg in sorted(packages - {"ebmkit"}):
+        c = contracts.get(f"public-api-{pkg}")
+        assert c is not None, f"no contract public-api-{pkg} in pyproject.toml"
+        assert c["type"] == "forbidden" and c["source_modules"] == [pkg], pkg
+        assert {"ebmkit.builtin", "ebmkit.cli"} <= set(c["forbidden_modules"]), pkg
+
+
 def _lint_imports(tree: Path) -> subprocess.CompletedProcess:
     """Run lint-imports on the copy at ``tree`` (grimp reads the source: no torch needed)."""
     path = os.pathsep.join(p for p in (str(tree / "src"), os.environ.get("PYTHONPATH")) if p)
@@ -75,12 +101,14 @@ def _lint_imports(tree: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def tree(tmp_path):
-    """A copy of the source tree and of the workspace pyproject.toml (the contracts)."""
+    """A copy of every workspace package under ``src/`` (ebmkit, the kit, the plugins: the
+    contracts' root packages) and of the workspace pyproject.toml (the contracts)."""
     if importlib.util.find_spec("importlinter") is None:
         pytest.skip("import-linter is not installed (it is in ebmkit-core's `test` group)")
     _contracts()
-    shutil.copytree(SRC, tmp_path / "src" / "ebmkit",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name, path in _workspace_packages().items():
+        shutil.copytree(path, tmp_path / "src" / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     shutil.copy(PYPROJECT, tmp_path / "pyproject.toml")
     return tmp_path
 
@@ -92,30 +120,55 @@ def test_contracts_hold(tree):
 
 
 PLANTED = [
-    # (module to append to, planted code, contract id that must break)
-    ("builtin/energies.py", "def _planted():\n    from ebmkit.cli import main\n    return main\n",
-     "components"),
-    ("builtin/energies.py", "def _planted():\n    from ..plugins import build_registry\n"
+    # (module under src/ to append to, planted code, contract id that must break)
+    ("ebmkit/builtin/energies.py", "def _planted():\n    from ebmkit.cli import main\n"
+     "    return main\n", "components"),
+    ("ebmkit/builtin/energies.py", "def _planted():\n    from ..plugins import build_registry\n"
      "    return build_registry\n", "components-no-plugins"),
-    ("builtin/samplers.py", "from .toys import GMM2D\n", "components-independent"),
-    ("interfaces.py", "def _planted():\n    from .training import train_step\n"
+    ("ebmkit/builtin/samplers.py", "from .toys import GMM2D\n", "components-independent"),
+    ("ebmkit/builtin/objectives.py", "from .samplers import Langevin\n", "components-independent"),
+    ("ebmkit/interfaces.py", "def _planted():\n    from .training import train_step\n"
      "    return train_step\n", "layers"),
-    ("shards.py", "from .datastream import draw\n", "layers"),  # io modules are independent
-    ("model.py", "def _planted():\n    import typer\n    return typer\n", "typer-only-in-cli"),
-    ("api.py", "def _planted():\n    from .cli import main\n    return main\n",
+    # the layers hold at type level: an annotation-only import upward breaks them too
+    ("ebmkit/interfaces.py", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+     "    from .model import EBM\n", "layers"),
+    ("ebmkit/mcmc.py", "import typing\nif typing.TYPE_CHECKING:\n    from .training import Run\n",
+     "layers"),
+    ("ebmkit/shards.py", "from .datastream import draw\n", "layers"),  # io modules are independent
+    ("ebmkit/checks.py", "from .checkpoint import save_state\n", "layers"),  # so are these two
+    ("ebmkit/model.py", "def _planted():\n    import typer\n    return typer\n",
+     "typer-only-in-cli"),
+    ("ebmkit/api.py", "def _planted():\n    from .cli import main\n    return main\n",
      "cli-only-from-cli"),
-    ("__init__.py", "from .cli import main as _main\n", "root-is-the-library"),
-    ("training.py", "def _planted():\n    from ebmkit import fit\n    return fit\n",
+    ("ebmkit/__init__.py", "from .cli import main as _main\n", "root-is-the-library"),
+    ("ebmkit/training.py", "def _planted():\n    from ebmkit import fit\n    return fit\n",
      "no-root-import"),
-    ("scaffold.py", "def _planted():\n    from .params import param\n    return param\n",
+    ("ebmkit/scaffold.py", "def _planted():\n    from .params import param\n    return param\n",
      "scaffold-leaf"),
+    # the kit and the plugins: ebmkit's public API only
+    ("ebmkit_testing/toys.py", "import ebmkit.builtin\n", "public-api-ebmkit_testing"),
+    ("ebmkit_testing/evaluators.py", "from ebmkit.builtin.samplers import Langevin\n",
+     "public-api-ebmkit_testing"),
+    # only the CLI runner (fixtures.py) may import the CLI
+    ("ebmkit_testing/samplers.py", "def _planted():\n    from ebmkit.cli.main import app\n"
+     "    return app\n", "public-api-ebmkit_testing"),
+    ("ebmkit_fid/evaluators.py", "import ebmkit.builtin\n", "public-api-ebmkit_fid"),
+    ("ebmkit_fid/cli.py", "def _planted():\n    from ebmkit.cli import app\n    return app\n",
+     "public-api-ebmkit_fid"),
+    ("ebmkit_landscape/mapping.py", "import ebmkit.builtin\n", "public-api-ebmkit_landscape"),
+    ("ebmkit_landscape/cli.py", "def _planted():\n    from ebmkit.cli.main import app\n"
+     "    return app\n", "public-api-ebmkit_landscape"),
+    ("ebmkit_underdamped/sampler.py", "import ebmkit.builtin\n", "public-api-ebmkit_underdamped"),
+    ("ebmkit_underdamped/__init__.py", "def _planted():\n"
+     "    from ebmkit.builtin.samplers import Langevin\n    return Langevin\n",
+     "public-api-ebmkit_underdamped"),
 ]
 
 
 @pytest.mark.parametrize(("module", "code", "contract"), PLANTED,
                          ids=[f"{c}:{m}" for m, _, c in PLANTED])
 def test_planted_violation_breaks_its_contract(tree, module, code, contract):
-    path = tree / "src" / "ebmkit" / module
+    path = tree / "src" / module
     path.write_text(path.read_text() + "\n\n" + code)
     result = _lint_imports(tree)
     out = " ".join(result.stdout.split())  # undo line wrapping
@@ -173,7 +226,7 @@ def component_names() -> frozenset[str]:
 _INTERFACES = _parse(SRC / "interfaces.py")
 _BASES = {"energy": "Energy", "sampler": "Sampler", "init": "Initializer",
           "initializer": "Initializer", "data": "DataSource", "dataset": "DataSource",
-          "source": "DataSource", "evaluator": "Evaluator"}
+          "source": "DataSource", "evaluator": "Evaluator", "objective": "Objective"}
 #: What the interfaces promise, per receiver: ``sampler``, ``model.initializer``, ``data`` get
 #: their kind's members (plus Component's); any other receiver those of all kinds.
 KIND_MEMBERS = {key: _class_level_names(_INTERFACES, {"Component", base})
@@ -202,6 +255,8 @@ ALLOWED_PROBES = {
     ("api.py", "pm"),
     # click's exception class, looked up in typer's vendored click or in click itself.
     ("cli/main.py", "Exit"),
+    # PIL's TIFF tag directory (TiffImageFile.tag_v2), read when the image has one.
+    ("images.py", "tag_v2"),
     # torchvision's in-memory arrays (CIFAR10/MNIST .data and .targets), read when present.
     ("builtin/datasets.py", "data"),
     ("builtin/datasets.py", "targets"),

@@ -754,7 +754,7 @@ CASES = [
     case("plugin-shadows-a-core-name", ["run", "--dry-run"],
          "sampler 'langevin' is provided by two plugins", plugins(shadow=sampler_plugin("langevin"))),
     case("plugin-config-not-a-dataclass", ["run", "--sampler", "plain", "--dry-run"],
-         "plugin(s) failed to load; see `ebmkit plugins`", plugins(plain=NOT_A_DATACLASS)),
+         "1 plugin(s) failed to load: plain (", plugins(plain=NOT_A_DATACLASS)),
     case("plugin-missing-dependency", ["run", "--sampler", "needy", "--dry-run"],
          "unknown sampler 'needy'", plugins(needy=BROKEN_IMPORT)),
     case("plugin-dataset-with-nan", ["run", *TOY_RUN, "--data", "holes", "--out", "r"],

@@ -285,13 +285,14 @@ def test_a_plugin_hook_contributes_a_callback(registry, one_thread):
     assert log == []
 
 
-def test_a_raising_plugin_hook_only_warns(one_thread):
+def test_a_raising_plugin_hook_stops_the_run_before_it_starts(one_thread, tmp_path):
+    """A plugin that fails to add its callbacks is one line naming it; the run does not start
+    (no directory), since the callbacks its options asked for would be missing."""
     log = []
     reg = ebmkit.build_registry(ebmkit.get_plugin_manager(plugins=[_BrokenPlugin(), _CallbackPlugin(log)]))
-    with pytest.warns(UserWarning, match="failed to add callbacks: boom"):
-        ebm = _toy_fit(reg, iterations=2)
-    assert ebm.completed and ebm.step == 2
-    assert ("plugin", 2) in log  # the other plugin's callback still ran
+    with pytest.raises(ebmkit.PluginError, match="failed to add its training callbacks.*boom") as e:
+        _toy_fit(reg, iterations=2, out_dir=tmp_path / "run")
+    assert "\n" not in str(e.value) and not (tmp_path / "run").exists() and log == []
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ import inspect
 import re
 import sys
 import textwrap
-import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -336,7 +335,10 @@ def test_broken_plugins_do_not_stop_the_cli(fake_plugins, ebmkit_cli):
     assert res.exit_code == 0, res.output
     names = {ln.split("│")[1].strip() for ln in res.stdout.splitlines() if ln.count("│") > 2}
     assert {"langevin", "mine"} <= names and not {"half", "typo"} & names, res.stdout
-    assert "4 plugin(s) failed to load; see `ebmkit plugins`" in res.stderr, res.stderr
+    line = res.stderr.strip()
+    assert line.startswith("4 plugin(s) failed to load: broken (RuntimeError: boom") and "\n" not in line
+    assert "halfway (RuntimeError: register exploded" in line and "quits (SystemExit: 3" in line
+    assert "typo (unknown hook 'ebmkit_regster'" in line and line.endswith("see `ebmkit plugins`")
     res = ebmkit_cli("plugins")
     assert res.exit_code == 0, res.output
     rows = {ln.split("│")[1].strip(): ln for ln in res.stdout.splitlines() if ln.count("│") > 2}
@@ -354,7 +356,7 @@ def test_broken_plugin_does_not_stop_list_and_shows_in_plugins(fake_plugins, ebm
     res = ebmkit_cli("list", "samplers")
     assert res.exit_code == 0, res.output
     assert "langevin" in res.stdout
-    assert "1 plugin(s) failed to load; see `ebmkit plugins`" in res.stderr
+    assert "1 plugin(s) failed to load: broken (RuntimeError: boom" in res.stderr
     res = ebmkit_cli("plugins")
     assert res.exit_code == 0, res.output
     row = next(ln for ln in res.stdout.splitlines() if "broken" in ln)
@@ -460,7 +462,8 @@ def test_hook_ebmkit_cli(ebmkit_cli):
 
 def test_hook_ebmkit_callbacks():
     """Each plugin's callbacks, in registration order; None / one / a list; a raising plugin is
-    a warning naming it and the others still contribute."""
+    one PluginError line naming it (the run must not start without callbacks the user's options
+    asked for), the original as its cause; an ebmkit user error passes through as it is."""
     seen = []
 
     class One:
@@ -479,21 +482,34 @@ def test_hook_ebmkit_callbacks():
         def ebmkit_callbacks(self):
             raise RuntimeError("no callbacks today")
 
+    class Strict:
+        @hookimpl
+        def ebmkit_callbacks(self, config):
+            raise ConfigError("plugins.strict.every must be > 0")
+
     class Nothing:
         @hookimpl
         def ebmkit_callbacks(self):
             return None
 
-    broken = Broken()
-    pm = P.get_plugin_manager(entry_points=False, plugins=[One(), broken, Many(), Nothing()])
-    with pytest.warns(UserWarning) as rec:
-        cbs = P.plugin_callbacks(pm, config="cfg", out_dir=Path("runs/x"))
+    origins = {}
+    one, many = One(), Many()
+    pm = P.get_plugin_manager(entry_points=False, plugins=[one, many, Nothing()])
+    cbs = P.plugin_callbacks(pm, config="cfg", out_dir=Path("runs/x"), origins=origins)
     assert cbs == ["cb1", "cb2", "cb3"] and seen == [("cfg", Path("runs/x"))]
-    assert [str(w.message) for w in rec] == [
-        f"plugin '{pm.get_name(broken)}' failed to add callbacks: no callbacks today"]
-    with warnings.catch_warnings(record=True):
-        assert P.plugin_callbacks(pm, config="cfg", out_dir=None) == ["cb1"]
+    assert [origins[id(cb)] for cb in cbs] == [pm.get_name(one)] + [pm.get_name(many)] * 2
+    assert P.plugin_callbacks(pm, config="cfg", out_dir=None) == ["cb1"]
     assert P.plugin_callbacks(P.get_plugin_manager(entry_points=False), None, None) == []
+    broken = Broken()
+    pm = P.get_plugin_manager(entry_points=False, plugins=[One(), broken])
+    with pytest.raises(PluginError) as e:
+        P.plugin_callbacks(pm, config="cfg", out_dir=None)
+    assert str(e.value).startswith(f"plugin '{pm.get_name(broken)}' failed to add its training "
+                                   "callbacks (ebmkit_callbacks): RuntimeError: no callbacks today")
+    assert isinstance(e.value.__cause__, RuntimeError) and "\n" not in str(e.value)
+    pm = P.get_plugin_manager(entry_points=False, plugins=[Strict()])
+    with pytest.raises(ConfigError, match="plugins.strict.every must be > 0"):
+        P.plugin_callbacks(pm, config="cfg", out_dir=None)
 
 
 def test_every_hook_is_tested():

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 from ebmkit.builtin.initializers import DataInit, NoiseInit
+from ebmkit.builtin.objectives import MaximumLikelihood
 from ebmkit.builtin.samplers import MALA, Langevin
 from ebmkit.hookspecs import hookimpl
-from ebmkit.interfaces import EvalResult, Evaluator, Initializer, Prior
+from ebmkit.interfaces import EvalResult, Evaluator, Initializer, ObjectiveOutput, Options, Prior
 from ebmkit.mcmc import (
     ChainState,
     StepInfo,
@@ -28,6 +29,8 @@ from ebmkit_testing import (
     GaussianEnergy,
     GaussianPoints,
     InitializerConformance,
+    ObjectiveConformance,
+    OptionsConformance,
     SamplerConformance,
 )
 from ebmkit_testing.toys import GaussianEnergyConfig, GaussianPointsConfig
@@ -208,6 +211,115 @@ def test_initializer_violations(cls, check, message, tmp_path):
     args = (tmp_path,) if "state_dict" in check else ()
     with pytest.raises(AssertionError, match=message):
         getattr(s, check)(*args)
+
+
+class ForgetfulAges(Initializer):
+    """A buffer whose chains restart from noise once they are two updates old; it saves the
+    buffer but not the ages (wrong). The ages are all zero until the first update, so one draw
+    after a round trip looks right; the resumed run then restarts other chains."""
+
+    name = "forgetful-ages"
+    summary = "Keeps per-chain ages it does not save (wrong)."
+    Config = NoParams
+    size = 16
+
+    def __init__(self, config, shape):
+        super().__init__(config, shape)
+        self.buffer = torch.zeros((self.size, *shape))
+        self.age = torch.zeros(self.size, dtype=torch.long)
+        self._idx = None
+
+    def setup(self, *, draw_data=None, generator=None, device=None):
+        self.buffer = torch.rand((self.size, *self.shape), generator=generator) * 2 - 1
+
+    def sample(self, n, *, data=None, generator=None, device=None):
+        self._idx = torch.randperm(self.size, generator=generator)[:n]
+        noise = torch.rand((n, *self.shape), generator=generator) * 2 - 1
+        old = (self.age[self._idx] >= 2).view(-1, *[1] * len(self.shape))
+        return torch.where(old, noise, self.buffer[self._idx])
+
+    def update(self, x_final):
+        self.buffer[self._idx] = x_final
+        self.age[self._idx] = torch.where(self.age[self._idx] >= 2, 0, self.age[self._idx] + 1)
+
+    def state_dict(self):
+        return {"buffer": self.buffer}  # wrong: "age" is state too
+
+    def load_state_dict(self, state):
+        self.buffer = state["buffer"].clone()
+
+
+class UnsavedCursor(Initializer):
+    """Reads its buffer round-robin from a cursor it does not save (wrong: a resumed run reads
+    other chains than the original would have)."""
+
+    name = "unsaved-cursor"
+    summary = "Keeps a read cursor it does not save (wrong)."
+    Config = NoParams
+    size = 16
+
+    def __init__(self, config, shape):
+        super().__init__(config, shape)
+        self.buffer = torch.zeros((self.size, *shape))
+        self.cursor = 0
+
+    def setup(self, *, draw_data=None, generator=None, device=None):
+        self.buffer = torch.rand((self.size, *self.shape), generator=generator) * 2 - 1
+
+    def sample(self, n, *, data=None, generator=None, device=None):
+        self._idx = (self.cursor + torch.arange(n)) % self.size
+        self.cursor = (self.cursor + n) % self.size
+        return self.buffer[self._idx].clone()
+
+    def update(self, x_final):
+        self.buffer[self._idx] = x_final
+
+    def state_dict(self):
+        return {"buffer": self.buffer}  # wrong: the cursor is state too
+
+    def load_state_dict(self, state):
+        self.buffer = state["buffer"].clone()
+
+
+@pytest.mark.parametrize(("cls", "message"), [
+    (ForgetfulAges, "iteration 2 after load_state_dict.*draws other chain starts"),
+    (UnsavedCursor, "iteration 1 after load_state_dict.*draws other chain starts"),
+    (ForgetfulBuffer, "iteration 1 after load_state_dict.*draws other chain starts"),
+])
+def test_initializer_resume_violations(cls, message):
+    s = suite(InitializerConformance, component=cls)
+    with pytest.raises(AssertionError, match=message):
+        s.test_resume_after_update_continues_identically()
+
+
+def test_one_draw_after_a_round_trip_misses_the_unsaved_ages(tmp_path):
+    """Why the resume check follows several iterations: the single-draw round trip passes the
+    initializer that forgets its ages."""
+    suite(InitializerConformance, component=ForgetfulAges).test_state_dict_is_tensors_and_round_trips(
+        tmp_path)
+
+
+def test_resume_check_passes_on_correct_counterparts():
+    class SavedAges(ForgetfulAges):
+        name = "saved-ages"
+
+        def state_dict(self):
+            return {"buffer": self.buffer, "age": self.age}
+
+        def load_state_dict(self, state):
+            self.buffer, self.age = state["buffer"].clone(), state["age"].clone()
+
+    class SavedCursor(UnsavedCursor):
+        name = "saved-cursor"
+
+        def state_dict(self):
+            return {"buffer": self.buffer, "cursor": torch.tensor(self.cursor)}
+
+        def load_state_dict(self, state):
+            self.buffer, self.cursor = state["buffer"].clone(), int(state["cursor"])
+
+    for cls in (SavedAges, SavedCursor):
+        suite(InitializerConformance, component=cls).test_resume_after_update_continues_identically()
 
 
 class UndeclaredDataInit(DataInit):
@@ -408,6 +520,186 @@ def test_sampler_checks_pass_on_correct_counterparts():
         s.test_acceptances_are_reported_only_by_exact_samplers()
         s.test_grad_coef_is_none_or_positive()
         s.test_noise_free_step_moves_by_grad_coef()
+
+
+# --- objectives -------------------------------------------------------------------------------
+class BackwardObjective(MaximumLikelihood):
+    name = "backward"
+
+    def __call__(self, energy, x_pos, x_neg, *, labels=None):
+        out = super().__call__(energy, x_pos, x_neg, labels=labels)
+        out.loss.backward(retain_graph=True)  # wrong: train_step does that
+        return out
+
+
+class KeepsDimObjective(MaximumLikelihood):
+    name = "keepsdim-objective"
+
+    def __call__(self, energy, x_pos, x_neg, *, labels=None):
+        out = super().__call__(energy, x_pos, x_neg, labels=labels)
+        return ObjectiveOutput(loss=out.loss, u_pos=out.u_pos[:, None], u_neg=out.u_neg[:, None])
+
+
+class UnwrappingObjective(MaximumLikelihood):
+    """Calls the module inside the wrapper it is given (wrong: DDP does not reduce that)."""
+
+    name = "unwrapping"
+
+    def __call__(self, energy, x_pos, x_neg, *, labels=None):
+        return super().__call__(getattr(energy, "module", energy), x_pos, x_neg, labels=labels)
+
+
+class TwoForwardsObjective(MaximumLikelihood):
+    name = "two-forwards"
+
+    def __call__(self, energy, x_pos, x_neg, *, labels=None):
+        u_pos, u_neg = energy(x_pos), energy(x_neg)  # wrong under DDP: two forwards, one backward
+        return ObjectiveOutput(loss=u_pos.mean() - u_neg.mean(), u_pos=u_pos, u_neg=u_neg)
+
+
+class SummingObjective(MaximumLikelihood):
+    name = "summing"
+
+    def __call__(self, energy, x_pos, x_neg, *, labels=None):
+        u = energy(torch.cat([x_pos, x_neg]))
+        u_pos, u_neg = u.split([x_pos.shape[0], x_neg.shape[0]])
+        return ObjectiveOutput(loss=u_pos.sum() - u_neg.sum(), u_pos=u_pos, u_neg=u_neg)
+
+
+class SyncingObjective(MaximumLikelihood):
+    name = "syncing"
+
+    def __call__(self, energy, x_pos, x_neg, *, labels=None):
+        out = super().__call__(energy, x_pos, x_neg, labels=labels)
+        out.metrics["gap"] = (out.u_pos.mean() - out.u_neg.mean()).item()  # a host sync
+        return out
+
+
+class UpcastingObjective(MaximumLikelihood):
+    name = "upcasting"
+
+    def __call__(self, energy, x_pos, x_neg, *, labels=None):
+        out = super().__call__(energy, x_pos, x_neg, labels=labels)
+        return ObjectiveOutput(loss=out.loss.double(), u_pos=out.u_pos, u_neg=out.u_neg)
+
+
+class AttachedMetricObjective(MaximumLikelihood):
+    name = "attached-metric"
+
+    def __call__(self, energy, x_pos, x_neg, *, labels=None):
+        out = super().__call__(energy, x_pos, x_neg, labels=labels)
+        out.metrics["u_pos"] = out.u_pos.mean()  # keeps the graph alive
+        return out
+
+
+class LabelHungryObjective(MaximumLikelihood):
+    """Uses the labels but declares needs_labels = False (wrong)."""
+
+    name = "label-hungry"
+
+    def __call__(self, energy, x_pos, x_neg, *, labels=None):
+        out = super().__call__(energy, x_pos, x_neg)
+        out.metrics["n_classes"] = labels.max() + 1  # TypeError without labels
+        return out
+
+
+class UnclearLabelObjective(LabelHungryObjective):
+    name = "unclear-label"
+    needs_labels = True  # declared, but fails with a TypeError without them
+
+
+@pytest.mark.parametrize(("cls", "check", "args", "message"), [
+    (BackwardObjective, "test_does_not_call_backward_or_step", (), "never calls backward"),
+    (KeepsDimObjective, "test_returns_objective_output", (), r"shape \[B\] = \(6,\) \(not \[B, 1\]\)"),
+    (UnwrappingObjective, "test_calls_the_energy_it_is_given", (),
+     "calls the energy it is given"),
+    (TwoForwardsObjective, "test_calls_the_energy_it_is_given", (), "it called it 2 times"),
+    (SummingObjective, "test_linear_energy_closed_form", (), r"w·\(mean x\+ − mean x−\)"),
+    (SyncingObjective, "test_keeps_device_without_host_sync", (), "without syncing with the host"),
+    (UpcastingObjective, "test_keeps_dtype", (torch.float32,), "keeps the energy's dtype"),
+    (AttachedMetricObjective, "test_returns_objective_output", (), "carries no autograd graph"),
+    (LabelHungryObjective, "test_needs_labels_is_declared_truthfully", (),
+     "must work with labels=None"),
+    (UnclearLabelObjective, "test_needs_labels_is_declared_truthfully", (),
+     "raises a clear ValueError"),
+])
+def test_objective_violations(cls, check, args, message):
+    s = suite(ObjectiveConformance, component=cls, maximum_likelihood=True)
+    with pytest.raises(AssertionError, match=message):
+        getattr(s, check)(*args)
+
+
+def test_unwrapping_objective_gradient_goes_around_the_wrapper():
+    """Even when it calls the wrapper too (so the call count is right), an objective whose loss
+    reaches the module's own parameters is caught."""
+
+    class Sneaky(MaximumLikelihood):
+        name = "sneaky"
+
+        def __call__(self, energy, x_pos, x_neg, *, labels=None):
+            out = super().__call__(energy, x_pos, x_neg, labels=labels)
+            inner = getattr(energy, "module", energy)
+            if inner is energy:
+                return out
+            penalty = sum(p.pow(2).sum() for p in inner.parameters())  # not through `energy`
+            return ObjectiveOutput(loss=out.loss + 1e-3 * penalty, u_pos=out.u_pos,
+                                   u_neg=out.u_neg)
+
+    s = suite(ObjectiveConformance, component=Sneaky)
+    with pytest.raises(AssertionError, match="reached the module's own parameters"):
+        s.test_calls_the_energy_it_is_given()
+
+
+def test_objective_checks_pass_on_correct_counterparts():
+    class Labelled(MaximumLikelihood):
+        name = "labelled"
+        needs_labels = True
+
+        def __call__(self, energy, x_pos, x_neg, *, labels=None):
+            if labels is None:
+                raise ValueError("objective 'labelled' needs the data's labels")
+            out = super().__call__(energy, x_pos, x_neg)
+            out.metrics["n_labels"] = torch.tensor(float(labels.numel()), device=x_pos.device)
+            return out
+
+    s = suite(ObjectiveConformance, component=Labelled, maximum_likelihood=True)
+    for check in ("test_returns_objective_output", "test_energies_are_those_of_the_inputs",
+                  "test_loss_is_differentiable", "test_calls_the_energy_it_is_given",
+                  "test_does_not_call_backward_or_step", "test_keeps_device_without_host_sync",
+                  "test_needs_labels_is_declared_truthfully", "test_linear_energy_closed_form"):
+        getattr(s, check)()
+    s.test_keeps_dtype(torch.float32)
+
+
+# --- options ------------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class EveryConfig:
+    every: int = param(100, "Iterations between two evaluations.", min=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RequiredConfig:
+    path: str = param(help="Where to write (no default).")
+
+
+class MisspeltResumable(Options):
+    name = "misspelt"
+    summary = "Declares a resumable key that is not a field (wrong)."
+    Config = EveryConfig
+    resumable = frozenset({"evry"})
+
+
+class NoDefaults(Options):
+    name = "no-defaults"
+    summary = "A field without a default (wrong: runs without the table cannot build it)."
+    Config = RequiredConfig
+
+
+def test_options_violations():
+    with pytest.raises(AssertionError, match="not fields: evry"):
+        suite(OptionsConformance, component=MisspeltResumable).test_resumable_keys_are_config_fields()
+    with pytest.raises(AssertionError, match=r"has no \[plugins.no-defaults\] table"):
+        suite(OptionsConformance, component=NoDefaults).test_config_builds_with_defaults()
 
 
 # --- datasets ---------------------------------------------------------------------------------

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from ebmkit.builtin import datasets, energies, initializers
+from ebmkit.builtin import datasets, energies, initializers, objectives
 from ebmkit.builtin.samplers import HMC, MALA, Langevin
-from ebmkit.interfaces import EvalResult, Evaluator
+from ebmkit.interfaces import EvalResult, Evaluator, Options
 from ebmkit.params import param
 from ebmkit_testing import (
     DataSourceConformance,
@@ -17,6 +17,8 @@ from ebmkit_testing import (
     GaussianEnergy,
     GaussianPoints,
     InitializerConformance,
+    ObjectiveConformance,
+    OptionsConformance,
     SamplerConformance,
 )
 
@@ -62,6 +64,73 @@ class TestPersistentInit(InitializerConformance):
     plugin = initializers
     shape = (1, 4, 4)
     config = {"buffer_size": 32, "rejuvenation": 0.2}
+
+
+# float64 energies come back float32: ml's `u.float()` (meant to upcast bf16 energies) also
+# downcasts float64. Strict: when objectives.py upcasts half precision only, this XPASSes and
+# the marker must go.
+_ML_DOWNCASTS_FLOAT64 = pytest.mark.xfail(
+    strict=True, raises=AssertionError,
+    reason="builtin ml downcasts float64 energies to float32 (u.float())")
+
+
+class TestML(ObjectiveConformance):
+    component = objectives.MaximumLikelihood
+    plugin = objectives
+    entry_point = "core_objectives"
+    maximum_likelihood = True
+
+    @pytest.mark.parametrize("dtype", [
+        torch.float32, pytest.param(torch.float64, marks=_ML_DOWNCASTS_FLOAT64)])
+    def test_keeps_dtype(self, dtype):
+        super().test_keeps_dtype(dtype)
+
+
+class TestMLWithEnergyPenalty(ObjectiveConformance):
+    component = objectives.MaximumLikelihood
+    config = {"alpha": 0.5}
+    shape = (1, 4, 4)
+
+    @pytest.mark.parametrize("dtype", [
+        torch.float32, pytest.param(torch.float64, marks=_ML_DOWNCASTS_FLOAT64)])
+    def test_keeps_dtype(self, dtype):
+        super().test_keeps_dtype(dtype)
+
+
+def test_ml_energy_penalty_closed_form():
+    """alpha > 0 adds alpha * (mean U(x+)^2 + mean U(x-)^2), logged as `energy_reg`: on a
+    linear energy U(x) = w.x, in closed form, with its gradient."""
+    alpha = 0.5
+    ml = objectives.MaximumLikelihood(objectives.MLConfig(alpha=alpha))
+    g = torch.Generator().manual_seed(0)
+    x_pos, x_neg = torch.randn(6, 3, generator=g), torch.randn(5, 3, generator=g)
+    w = torch.tensor([0.5, -1.0, 2.0], requires_grad=True)
+    out = ml(lambda x: x @ w, x_pos, x_neg)
+    a, b = x_pos @ w.detach(), x_neg @ w.detach()
+    reg = a.pow(2).mean() + b.pow(2).mean()
+    torch.testing.assert_close(out.loss.detach(), a.mean() - b.mean() + alpha * reg)
+    torch.testing.assert_close(out.metrics["energy_reg"], reg)
+    (grad,) = torch.autograd.grad(out.loss, [w])
+    expected = (x_pos.mean(0) - x_neg.mean(0)
+                + alpha * (2 * (a[:, None] * x_pos).mean(0) + 2 * (b[:, None] * x_neg).mean(0)))
+    torch.testing.assert_close(grad, expected)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToyOptionsConfig:
+    every: int = param(100, "Iterations between two evaluations.", min=1)
+    n: int = param(64, "Samples per evaluation.", min=1)
+
+
+class ToyOptions(Options):
+    name = "toy-plugin"
+    summary = "A plugin's own settings ([plugins.toy-plugin])."
+    Config = ToyOptionsConfig
+    resumable = frozenset({"every"})
+
+
+class TestToyOptions(OptionsConformance):
+    component = ToyOptions
 
 
 class TestGaussianPoints(DataSourceConformance):

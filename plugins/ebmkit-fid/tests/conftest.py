@@ -11,10 +11,8 @@ except WeightsError:
 
 @pytest.fixture(autouse=True)
 def _own_cache(tmp_path_factory, monkeypatch):
-    """Every test gets its own ebmkit-fid cache and no inherited weights path."""
+    """Every test gets its own ebmkit-fid cache."""
     monkeypatch.setenv("EBMKIT_FID_CACHE", str(tmp_path_factory.mktemp("fidcache")))
-    monkeypatch.delenv("EBMKIT_INCEPTION_WEIGHTS", raising=False)
-    monkeypatch.delenv("EBMKIT_FID_EVERY", raising=False)
 
 
 @pytest.fixture

@@ -1,19 +1,33 @@
 """The plugin end to end: the evaluators (conformance kit), `ebmkit eval` and `ebmkit fid`,
-one-line errors, weights lookup and import, the training callback."""
+one-line errors, weights lookup and import; the sample-metric interface; the run options
+`[plugins.fid]` and the training callback (run.log, resume)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 import ebmkit
 import ebmkit_fid
 import pytest
 import torch
-from ebmkit_fid import FID, KID, PIXELS, PRC, FidelityCallback, WeightsError, resolve_weights
+from ebmkit.interfaces import SampleMetric
+from ebmkit_fid import (
+    FID,
+    ISC,
+    KID,
+    PIXELS,
+    PRC,
+    FidelityCallback,
+    FidOptions,
+    WeightsError,
+    resolve_weights,
+)
 from ebmkit_fid.weights import hub_path, imported_path
-from ebmkit_testing import EvaluatorConformance
+from ebmkit_testing import EvaluatorConformance, OptionsConformance
 
 FAST = {"feature_extractor": PIXELS, "n": 64, "kid_subset_size": 32}
 
@@ -57,6 +71,12 @@ class TestPRC(_ImageModel, EvaluatorConformance):
     config = FAST
 
 
+class TestFidOptions(OptionsConformance):
+    component = FidOptions
+    plugin = ebmkit_fid
+    entry_point = "fid"
+
+
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     """A tiny `quick`-preset run (1 iteration, 32x32 digits)."""
@@ -77,6 +97,15 @@ def _use(cli):
 def _one_line(res):
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert res.exit_code != 0 and len(lines) == 1, res.stdout + res.stderr
+    return lines[0]
+
+
+def _eval_error(res):
+    """The error line of a failed `ebmkit eval` (one line per failed evaluator, then the CLI's
+    one-line summary when there is one)."""
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.exit_code != 0 and lines, res.stdout + res.stderr
+    assert len(lines) == 1 or (len(lines) == 2 and "evaluators failed" in lines[1]), res.stderr
     return lines[0]
 
 
@@ -116,24 +145,24 @@ def test_missing_weights_is_one_line(ebmkit_cli, ckpt, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     assert not hub_path().exists() and not imported_path().exists()
     _use(ebmkit_cli)
-    line = _one_line(ebmkit_cli("eval", str(ckpt), "-e", "fid", "--n", "8", "-o", str(tmp_path)))
+    line = _eval_error(ebmkit_cli("eval", str(ckpt), "-e", "fid", "--n", "8", "-o", str(tmp_path)))
     assert "Inception weights not found: expected" in line and str(hub_path()) in line
     assert "--download" in line or "download=true" in line
-    line = _one_line(ebmkit_cli("eval", str(ckpt), "-e", "fid", "--set",
+    line = _eval_error(ebmkit_cli("eval", str(ckpt), "-e", "fid", "--set",
                                 f"fid.inception_weights={tmp_path / 'nope.pth'}", "-o", str(tmp_path)))
     assert "nope.pth" in line
 
 
 def test_non_image_dataset_is_one_line(ebmkit_cli, ckpt, tmp_path):
     _use(ebmkit_cli)
-    line = _one_line(ebmkit_cli("eval", str(ckpt), "-e", "fid", "--data", "gmm2d", "--n", "8",
+    line = _eval_error(ebmkit_cli("eval", str(ckpt), "-e", "fid", "--data", "gmm2d", "--n", "8",
                                 "--set", f"fid.feature_extractor={PIXELS}", "-o", str(tmp_path)))
     assert "needs an image dataset" in line and "gmm2d" in line
 
 
 def test_too_few_samples_for_kid_is_one_line(ebmkit_cli, ckpt, tmp_path):
     _use(ebmkit_cli)
-    line = _one_line(ebmkit_cli("eval", str(ckpt), "-e", "kid", "--n", "50",
+    line = _eval_error(ebmkit_cli("eval", str(ckpt), "-e", "kid", "--n", "50",
                                 "--set", f"kid.feature_extractor={PIXELS}", "-o", str(tmp_path)))
     assert "kid_subset_size=1000" in line and "50 samples" in line
 
@@ -151,9 +180,10 @@ def test_weights_lookup_order(tmp_path, monkeypatch):
     torch.save({"fc.weight": torch.ones(2, 2)}, hub)
     w = resolve_weights()
     assert w.source == "hub-cache" and w.has_logits and len(w.sha256) == 64
-    monkeypatch.setenv("EBMKIT_INCEPTION_WEIGHTS", str(imp))
-    w = resolve_weights()
+    w = resolve_weights(imp)  # an explicit path (inception_weights=) comes first
     assert w.source == "explicit" and not w.has_logits
+    monkeypatch.setenv("EBMKIT_INCEPTION_WEIGHTS", str(imp))  # gone: a run option instead
+    assert resolve_weights().source == "hub-cache"
 
 
 def test_isc_refuses_pool3_only_weights(tmp_path):
@@ -188,24 +218,193 @@ def test_import_weights_from_fid_helper(ebmkit_cli, tmp_path):
     assert not w.has_logits
 
 
-def test_training_callback_logs_fid_kid(tmp_path):
-    cb = FidelityCallback(every=1, n=32, feature_extractor=PIXELS, kid_subset_size=16, log=False)
+# -- the sample-metric interface ---------------------------------------------------------------
+def test_fid_kid_prc_are_sample_metrics_and_isc_is_not():
+    for cls in (FID, KID, PRC):
+        assert issubclass(cls, SampleMetric) and cls.metric_names
+    assert FID.cheap and KID.cheap and not PRC.cheap
+    assert not issubclass(ISC, SampleMetric)  # no reference: not a score of samples vs a batch
+    assert set(ebmkit_fid.sample_metric_names(_registry())) == {"fid", "kid", "prc"}
+
+
+def test_score_is_evaluate_without_a_model_or_files(tmp_path, monkeypatch):
+    """``score(samples, reference)`` gives the numbers ``evaluate`` gives for the same images,
+    keys = ``metric_names``; ``evaluate(out_dir=None)`` writes nothing anywhere."""
+    monkeypatch.chdir(tmp_path)
+    model = _ImageModel().make_model()
+    data = _digits(64, 1)
+    x = model.sample(64, seed=0)  # what evaluate draws (n 64, seed 0) ...
+    from ebmkit.evaluation import data_batch
+
+    ref = data_batch(ebmkit.InMemoryData(data), 64, 0)  # ... and its reference batch
+    for cls in (FID, KID, PRC):
+        res = ebmkit.evaluate(model, cls.name, data=data, out_dir=None, config=FAST)
+        metric = _registry().create("evaluator", cls.name, FAST)
+        got = metric.score(x, ref)
+        assert set(got) == set(cls.metric_names)
+        assert all(isinstance(v, float) for v in got.values())
+        for k, v in got.items():
+            assert res.metrics[k] == pytest.approx(v, rel=1e-6)
+        assert res.figures == {}
+    assert not any(tmp_path.iterdir())  # nor JSON, nor anything else in the working directory
+
+
+def test_kid_score_on_a_batch_smaller_than_the_subset_size():
+    """As a sample metric, KID on fewer images than ``kid_subset_size`` uses subsets of all of
+    them (and says so in ``last_setup``) instead of failing."""
+    kid = _registry().create("evaluator", "kid", {"feature_extractor": PIXELS})  # subsets of 1000
+    out = kid.score(_digits(40, 2), _digits(50, 3))
+    assert out["kid_std"] >= 0 and kid.last_setup["kid_subset_size"] == 40
+
+
+# -- training: [plugins.fid] and the callback ------------------------------------------------------
+class MeanGap(ebmkit.Evaluator, SampleMetric):
+    """A toy sample metric of another plugin: |mean(samples) − mean(reference)|."""
+
+    name = "meangap"
+    summary = "Toy sample metric (tests)."
+    metric_names = ("mean_gap",)
+    cheap = True
+    calls = 0
+
+    @dataclass(frozen=True, kw_only=True)
+    class Config:
+        seed: int = ebmkit.param(0, "unused")
+
+    def score(self, samples, reference):
+        type(self).calls += 1
+        return {"mean_gap": float((samples.float().mean() - reference.float().mean()).abs())}
+
+    def evaluate(self, model, data, out_dir):
+        from ebmkit.evaluation import data_batch
+
+        return ebmkit.EvalResult(metrics=self.score(model.sample(16, seed=0), data_batch(data, 16, 0)))
+
+
+class _ToyPlugin:
+    @ebmkit.hookimpl
+    def ebmkit_register(self, register):
+        register(MeanGap)
+
+
+def _registry(*extra):
+    from importlib.metadata import entry_points
+
+    core = [ep.load() for ep in entry_points(group="ebmkit") if ep.dist and ep.dist.name == "ebmkit-core"]
+    return ebmkit.build_registry(ebmkit.get_plugin_manager(entry_points=False,
+                                                           plugins=[*core, ebmkit_fid, *extra]))
+
+
+TINY = dict(preset="quick", iterations=2, batch_size=4, sampler={"name": "langevin", "steps": 2},
+            grid_size=4, plots=False)
+FID_FAST = {"every": 1, "n": 32, "feature_extractor": PIXELS, "kid_subset_size": 16}
+
+
+def _csv(path):
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_plugin_options_switch_on_the_callback_and_log_through_run_log(tmp_path):
+    """``plugins={"fid": {...}}``: recorded in run.toml; the numbers reach every sink through
+    ``run.log`` (the core CSV logger's fidelity.csv, any on_log callback) under fidelity/*."""
     out = tmp_path / "run"
-    ebmkit.fit(preset="quick", iterations=2, batch_size=4, sampler={"name": "langevin", "steps": 2},
-               out_dir=out, grid_size=4, plots=False, callbacks=[cb])
-    assert [r["iter"] for r in cb.history] == [1, 2]
-    assert all(r["fid"] > 0 and "kid_mean" in r for r in cb.history)
-    rows = (out / "fidelity.csv").read_text().splitlines()
-    assert rows[0].startswith("iter,fid,kid_mean,kid_std") and len(rows) == 3
+    seen = []
+    logger = ebmkit.LambdaCallback(on_log=lambda run, m, step: seen.append((step, dict(m))))
+    ebmkit.fit(**TINY, out_dir=out, plugins={"fid": FID_FAST}, callbacks=[logger],
+               registry=_registry())
+    doc = tomllib.loads((out / "run.toml").read_text())
+    assert doc["plugins"]["fid"]["every"] == 1 and doc["plugins"]["fid"]["n"] == 32
+    assert doc["plugins"]["fid"]["metrics"] == ["fid", "kid"]
+    logged = [(s, m) for s, m in seen if any(k.startswith("fidelity/") for k in m)]
+    assert [s for s, _ in logged] == [1, 2]
+    assert set(logged[0][1]) == {"fidelity/fid", "fidelity/kid_mean", "fidelity/kid_std", "fidelity/sec"}
+    assert all(v > 0 for _, m in logged for k, v in m.items() if k != "fidelity/kid_std")
+    assert [int(r["iter"]) for r in _csv(out / "fidelity.csv")] == [1, 2]
 
 
-def test_callback_hook_is_switched_on_by_environment(monkeypatch, tmp_path):
-    cfg = ebmkit.RunConfig.from_preset("quick")
-    assert ebmkit_fid.ebmkit_callbacks(cfg, tmp_path) is None
-    monkeypatch.setenv("EBMKIT_FID_EVERY", "50")
-    monkeypatch.setenv("EBMKIT_FID_N", "200")
-    cb = ebmkit_fid.ebmkit_callbacks(cfg, tmp_path)
+def test_fidelity_csv_has_iter_and_the_metrics(tmp_path):
+    out = tmp_path / "run"
+    ebmkit.fit(**TINY, out_dir=out, plugins={"fid": FID_FAST}, registry=_registry())
+    with open(out / "fidelity.csv", newline="") as f:
+        header = f.readline().strip().split(",")
+    assert header == ["iter", "fid", "kid_mean", "kid_std", "sec"]
+    rows = _csv(out / "fidelity.csv")
+    assert [int(r["iter"]) for r in rows] == [1, 2] and float(rows[1]["fid"]) > 0
+
+
+def test_off_by_default_and_from_the_run_document(tmp_path):
+    cfg = ebmkit.RunConfig.from_preset("quick", registry=_registry())
+    assert cfg.plugin("fid").every == 0 and ebmkit_fid.ebmkit_callbacks(cfg, tmp_path) is None
+    cb = ebmkit_fid.ebmkit_callbacks(cfg.with_overrides("plugins.fid.every=50", "plugins.fid.n=200",
+                                                        "plugins.fid.metrics=[fid, prc]"), tmp_path)
     assert isinstance(cb, FidelityCallback) and cb.every == 50 and cb.n == 200
+    assert cb.metrics == ("fid", "prc") and cb.options["kid_subset_size"] == 200
+
+
+def test_environment_variables_are_gone(tmp_path, monkeypatch):
+    monkeypatch.setenv("EBMKIT_FID_EVERY", "50")
+    cfg = ebmkit.RunConfig.from_preset("quick", registry=_registry())
+    assert ebmkit_fid.ebmkit_callbacks(cfg, tmp_path) is None
+
+
+def test_unknown_metric_and_option_are_one_line_with_did_you_mean():
+    reg = _registry()
+    cfg = ebmkit.RunConfig.from_preset("quick", registry=reg)
+    with pytest.raises(ebmkit.ConfigError, match="Did you mean 'kid'.*Available: fid, kid, prc") as e:
+        ebmkit_fid.ebmkit_callbacks(cfg.with_overrides("plugins.fid.every=5",
+                                                       "plugins.fid.metrics=[fid, kdi]"), None)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ebmkit.ConfigError, match="Did you mean 'plugins.fid.every'") as e:
+        cfg.with_overrides("plugins.fid.evry=5")
+    assert "\n" not in str(e.value)
+
+
+def test_cli_records_options_and_suggests_keys(ebmkit_cli, tmp_path):
+    _use(ebmkit_cli)
+    res = ebmkit_cli("run", "--preset", "quick", "--set", "plugins.fid.every=50", "--dry-run")
+    assert res.exit_code == 0, res.stdout + res.stderr
+    assert "[plugins.fid]\nevery = 50\n" in res.stdout
+    line = _one_line(ebmkit_cli("run", "--preset", "quick", "--set", "plugins.fid.evry=50", "--dry-run"))
+    assert "Did you mean 'plugins.fid.every'?" in line
+    out = tmp_path / "run"
+    res = ebmkit_cli("run", "--preset", "quick", "-n", "2", "--set", "train.batch_size=4",
+                     "--set", "sampler.steps=2", "--set", "train.plots=false",
+                     *[f"--set=plugins.fid.{k}={v}" for k, v in FID_FAST.items()],
+                     "--no-progress", "-o", str(out))
+    assert res.exit_code == 0, res.stdout + res.stderr
+    assert "[fidelity] iter 2: fid" in res.stdout
+    assert tomllib.loads((out / "run.toml").read_text())["plugins"]["fid"]["every"] == 1
+    assert [int(r["iter"]) for r in _csv(out / "fidelity.csv")] == [1, 2]
+
+
+def test_another_plugins_sample_metric_is_used_by_interface(tmp_path):
+    """A sample metric registered by any plugin, under any name, is scored by the callback:
+    found by the SampleMetric interface, not by name."""
+    MeanGap.calls = 0
+    seen = []
+    logger = ebmkit.LambdaCallback(on_log=lambda run, m, step: seen.append((step, dict(m))))
+    ebmkit.fit(**TINY, registry=_registry(_ToyPlugin()), callbacks=[logger],
+               plugins={"fid": {**FID_FAST, "metrics": ["meangap", "fid"]}})
+    logged = [(s, m) for s, m in seen if "fidelity/mean_gap" in m]
+    assert MeanGap.calls == 2 and [s for s, _ in logged] == [1, 2]
+    assert logged[0][1]["fidelity/mean_gap"] >= 0 and logged[0][1]["fidelity/fid"] > 0
+
+
+def test_history_survives_resume(tmp_path):
+    """``history`` is the callback's state: saved in each checkpoint, given back on resume."""
+    out = tmp_path / "run"
+    first = FidelityCallback(every=1, n=32, feature_extractor=PIXELS, kid_subset_size=16, log=False)
+    ebmkit.fit(**{**TINY, "iterations": 3}, out_dir=out, checkpoint_every=1, callbacks=[first],
+               stop_after=2, registry=_registry())
+    assert [r["iter"] for r in first.history] == [1, 2]
+    again = FidelityCallback(every=1, n=32, feature_extractor=PIXELS, kid_subset_size=16, log=False)
+    ebmkit.fit(out_dir=out, resume=True, callbacks=[again], registry=_registry())
+    assert [r["iter"] for r in again.history] == [1, 2, 3]
+    assert again.history[:2] == first.history  # the restored rows, as they were
+    assert [int(r["iter"]) for r in _csv(out / "fidelity.csv")] == [1, 2, 3]
 
 
 @pytest.mark.slow

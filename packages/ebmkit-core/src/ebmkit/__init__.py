@@ -27,6 +27,17 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 # line starts without importing torch until a command needs it. `from ebmkit import fit` and
 # `ebmkit.fit` work as with eager imports; a test keeps this table and __all__ in step.
 _EXPORTS: dict[str, str] = {
+    "SampleInfo": "model",
+    "SampleMetric": "interfaces",
+    "Objective": "interfaces",
+    "ObjectiveOutput": "interfaces",
+    "Options": "interfaces",
+    "Model": "interfaces",
+    "CheckpointManager": "checkpoint",
+    "KillAt": "checkpoint",
+    "Trackers": "callbacks",
+    "CallbackError": "training",
+    "check_energy": "checks",
     "InMemoryData": "api",
     "evaluate": "api",
     "fit": "api",
@@ -91,17 +102,19 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
-    "CSVLogger", "Callback", "ChainResult", "ChainState", "ChainStats", "Checkpoint",
-    "CheckpointError", "Component", "ConfigError", "DataError", "DataSource", "DiagnosticPlots",
-    "DivergenceError", "DivergenceGuard", "EBM", "EbmkitError", "Energy", "EvalResult",
-    "Evaluator", "InMemoryData", "Initializer", "LambdaCallback", "MEMORY_FORMATS",
-    "MissingDependencyError", "PluginError", "Preset", "Prior", "PriorInitializer", "ProgressBar",
-    "Registry", "Run", "RunConfig", "SampleGrids", "Sampler", "StepInfo", "StepOutput",
-    "TensorBoard", "TrainConfig", "TrainingInterrupted", "UnknownComponentError", "__version__",
-    "build_registry", "chain_grad_norm", "chain_layout_for", "chain_sum", "default_callbacks",
-    "energy_and_grad", "evaluate", "fit", "frozen", "get_plugin_manager", "hookimpl", "load",
-    "memory_format_of", "model_from", "param", "rand_chains", "rand_like_on", "randn_like_on",
-    "restore_layout", "sampling_steps", "train_step",
+    "CSVLogger", "Callback", "CallbackError", "ChainResult", "ChainState", "ChainStats",
+    "Checkpoint", "CheckpointError", "CheckpointManager", "Component", "ConfigError", "DataError",
+    "DataSource", "DiagnosticPlots", "DivergenceError", "DivergenceGuard", "EBM", "EbmkitError",
+    "Energy", "EvalResult", "Evaluator", "InMemoryData", "Initializer", "KillAt", "LambdaCallback",
+    "MEMORY_FORMATS", "MissingDependencyError", "Model", "Objective", "ObjectiveOutput", "Options",
+    "PluginError", "Preset", "Prior", "PriorInitializer", "ProgressBar", "Registry", "Run",
+    "RunConfig", "SampleGrids", "SampleInfo", "SampleMetric", "Sampler", "StepInfo", "StepOutput",
+    "TensorBoard", "Trackers", "TrainConfig", "TrainingInterrupted", "UnknownComponentError",
+    "__version__", "build_registry", "chain_grad_norm", "chain_layout_for", "chain_sum",
+    "check_energy", "default_callbacks", "energy_and_grad", "evaluate", "fit", "frozen",
+    "get_plugin_manager", "hookimpl", "load", "memory_format_of", "model_from", "param",
+    "rand_chains", "rand_like_on", "randn_like_on", "restore_layout", "sampling_steps",
+    "train_step",
 ]
 
 
@@ -135,8 +148,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         ProgressBar,
         SampleGrids,
         TensorBoard,
+        Trackers,
         default_callbacks,
     )
+    from .checkpoint import CheckpointManager, KillAt
+    from .checks import check_energy
     from .errors import (
         CheckpointError,
         ConfigError,
@@ -156,9 +172,14 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         EvalResult,
         Evaluator,
         Initializer,
+        Model,
+        Objective,
+        ObjectiveOutput,
+        Options,
         Preset,
         Prior,
         PriorInitializer,
+        SampleMetric,
         Sampler,
     )
     from .mcmc import (
@@ -178,8 +199,17 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         randn_like_on,
         restore_layout,
     )
-    from .model import EBM, sampling_steps
+    from .model import (
+        EBM,
+        SampleInfo,
+        sampling_steps,
+    )
     from .params import param
     from .plugins import Registry, build_registry, get_plugin_manager
     from .runconfig import RunConfig, TrainConfig
-    from .training import Run, StepOutput, train_step
+    from .training import (
+        CallbackError,
+        Run,
+        StepOutput,
+        train_step,
+    )

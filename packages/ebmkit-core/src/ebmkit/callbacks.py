@@ -1,45 +1,57 @@
 """Training callbacks: everything the loop does besides learning.
 
-A callback is a small object with three methods, each optional (the base class's do nothing):
+A callback is a small object; every method is optional (the base class's do nothing):
 
-* ``on_resume(run)`` — resumed runs only, before any ``on_fit_start``: restore saved state
-  (the checkpoint callback loads weights, optimizer, chains, RNG and sets ``run.step``);
+* ``on_resume(run)`` — resumed runs only, after the checkpoint manager restored the run's state
+  (weights, optimizer, chains, RNG, ``run.step`` and every callback's own state), before any
+  ``on_fit_start``;
 * ``on_fit_start(run)`` — before the first iteration (after the components are built);
 * ``on_step_end(run, out)`` — after every iteration: ``run.row`` holds the diagnostics
-  (``iter, d_t, v_t, r_t, e_pos, e_neg, accept, lr, steps, data_noise, sec``), ``out`` the
-  :class:`~ebmkit.training.StepOutput`; set ``run.stop = True`` to end training;
+  (``iter, d_t, v_t, r_t, e_pos, e_neg, accept, lr, steps, data_noise, sec`` and the
+  objective's own metrics), ``out`` the :class:`~ebmkit.training.StepOutput`; set
+  ``run.stop = True`` to end training;
+* ``on_log(run, metrics, step)`` — every metric that leaves the loop goes through
+  ``run.log(metrics, step)``, and every callback's ``on_log`` receives it: the CSV files, the
+  progress bar, TensorBoard and the trackers (MLflow, W&B, …) are such sinks. Keys are plain
+  (``d_t``) for the per-iteration diagnostics and ``group/name`` (``fidelity/fid``) for others;
 * ``on_fit_end(run)`` — always, also when training failed or was interrupted;
-  ``run.completed`` tells whether all iterations ran.
+  ``run.completed`` tells whether all iterations ran;
+* ``state_dict()`` / ``load_state_dict(state)`` — a callback's own state (numbers, strings,
+  lists, dicts, tensors), saved in every checkpoint and given back on resume, matched by
+  ``state_key`` (default: the class name).
 
 Callbacks run on every process (so collectives stay matched); those that write files do so on
-the main process only (``run.is_main``). :func:`ebmkit.fit` composes the built-ins below from
-``[train]`` options and adds yours (``callbacks=[...]``) and plugins' (the ``ebmkit_callbacks``
-hook) after them.
+the main process only (``run.is_main``). A callback that raises stops training after the
+iteration it failed in, with a checkpoint at that iteration (as SIGTERM does), and the error is
+one line naming the callback and its plugin (:class:`~ebmkit.PluginError`, the original as
+``__cause__``). :func:`ebmkit.fit` composes the built-ins below from ``[train]`` options and adds
+yours (``callbacks=[...]``) and plugins' (the ``ebmkit_callbacks`` hook) after them.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import checkpoint as ckpt
-from .errors import CheckpointError, DivergenceError
+from .errors import DivergenceError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .training import Run, StepOutput
-
-STATE_DIR = "train_state"
 
 
 class Callback:
     """Base class; override what you need."""
 
+    #: The key this callback's ``state_dict`` is saved under (default: the class name).
+    state_key: str = ""
+    #: A callback that saves the run's state (:class:`Checkpoint`) runs after all others.
+    saves_state: bool = False
+
     def on_resume(self, run: Run) -> None:
-        """Resumed runs: restore saved state (before every callback's ``on_fit_start``)."""
+        """Resumed runs: the run's state is restored (before every callback's ``on_fit_start``)."""
 
     def on_fit_start(self, run: Run) -> None:
         """Before the first iteration."""
@@ -47,16 +59,32 @@ class Callback:
     def on_step_end(self, run: Run, out: StepOutput) -> None:
         """After each iteration (``run.step`` iterations done)."""
 
+    def on_log(self, run: Run, metrics: dict[str, Any], step: int) -> None:
+        """A metric sink: called for every ``run.log(metrics, step)``."""
+
     def on_fit_end(self, run: Run) -> None:
         """At the end, completed or not (``run.completed``)."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """This callback's own state, saved in each checkpoint (``{}``: nothing to save)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (on resume)."""
+
 
 class LambdaCallback(Callback):
-    """A callback from plain functions, e.g. ``LambdaCallback(on_step_end=lambda run, out: ...)``."""
+    """A callback from plain functions, e.g. ``LambdaCallback(on_step_end=lambda run, out: ...)``.
+    (A plain function in ``fit(callbacks=[f])`` is ``LambdaCallback(on_step_end=f)``.)"""
 
     def __init__(self, *, on_fit_start: Callable | None = None, on_step_end: Callable | None = None,
-                 on_fit_end: Callable | None = None):
-        self._start, self._step, self._end = on_fit_start, on_step_end, on_fit_end
+                 on_fit_end: Callable | None = None, on_log: Callable | None = None):
+        self._start, self._step, self._end, self._log = on_fit_start, on_step_end, on_fit_end, on_log
+        fn = on_step_end or on_fit_start or on_fit_end or on_log
+        self.state_key = f"LambdaCallback[{getattr(fn, '__qualname__', '')}]"
+
+    def __repr__(self) -> str:
+        return self.state_key
 
     def on_fit_start(self, run):
         if self._start:
@@ -66,9 +94,36 @@ class LambdaCallback(Callback):
         if self._step:
             self._step(run, out)
 
+    def on_log(self, run, metrics, step):
+        if self._log:
+            self._log(run, metrics, step)
+
     def on_fit_end(self, run):
         if self._end:
             self._end(run)
+
+
+def as_callbacks(items: Iterable[Any]) -> list[Callback]:
+    """``fit(callbacks=...)``: :class:`Callback` objects as they are, plain callables as
+    ``LambdaCallback(on_step_end=f)`` (called ``f(run, out)`` after every iteration); anything
+    else is refused in one line."""
+    from .errors import ConfigError
+
+    if isinstance(items, Callback) or callable(items) and not isinstance(items, Iterable):
+        items = [items]
+    out = []
+    for cb in items:
+        if isinstance(cb, Callback):
+            out.append(cb)
+        elif isinstance(cb, type) and issubclass(cb, Callback):
+            raise ConfigError(f"callbacks: {cb.__name__} is a class; pass an instance, "
+                              f"{cb.__name__}(...)")
+        elif callable(cb):
+            out.append(LambdaCallback(on_step_end=cb))
+        else:
+            raise ConfigError(f"callbacks: {cb!r} is neither an ebmkit.Callback nor a function "
+                              "f(run, out); pass Callback objects or functions")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,7 +146,7 @@ class DivergenceGuard(Callback):
 
 
 class ProgressBar(Callback):
-    """A rich progress bar with d_t, v_t, K and acceptance (main process only)."""
+    """A rich progress bar with the last logged d_t, v_t, K and acceptance (main process only)."""
 
     def __init__(self, console: Any = None):
         self.console = console
@@ -108,12 +163,15 @@ class ProgressBar(Callback):
         self._bar.start()
 
     def on_step_end(self, run, out):
-        if self._bar is None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=run.step)
+
+    def on_log(self, run, metrics, step):
+        if self._bar is None or "d_t" not in metrics:
             return
-        r = run.row
-        acc = f" acc {r['accept']:.2f}" if r["accept"] is not None else ""
-        self._bar.update(self._task, completed=run.step,
-                         info=f"d_t {r['d_t']:+.3g}  v_t {r['v_t']:.3g}  K {r['steps']}{acc}")
+        acc = f" acc {metrics['accept']:.2f}" if metrics.get("accept") is not None else ""
+        self._bar.update(self._task, info=f"d_t {metrics['d_t']:+.3g}  v_t {metrics['v_t']:.3g}  "
+                                          f"K {metrics.get('steps', '?')}{acc}")
 
     def on_fit_end(self, run):
         if self._bar is not None:
@@ -151,57 +209,164 @@ def _duration(sec: float) -> str:
 
 
 class CSVLogger(Callback):
-    """``diagnostics.csv``: one row every ``every`` iterations (resume keeps the rows up to the
-    restored step)."""
+    """CSV files from ``run.log``: the per-iteration diagnostics (plain keys) go to ``path``
+    (``diagnostics.csv``); a metric group ``group/name`` goes to ``group.csv`` beside it (e.g.
+    ``fidelity.csv``), one row per logged step with an ``iter`` column. Resume keeps the rows up
+    to the restored step. (How often rows come is ``train.log_every``.)"""
 
     def __init__(self, path: Path, *, every: int = 1):
         self.path, self.every = Path(path), every
-        self._log = None
+        self._logs: dict[str, Any] = {}
+        self._keep: int | None = None
 
     def on_fit_start(self, run):
+        self._keep = run.step if run.resume else None
         if run.is_main:
-            from .diagnostics import CSVLog
+            self._open(None)
 
-            self._log = CSVLog(self.path, keep_until=run.step if run.resume else None)
+    def _open(self, group: str | None):
+        from .diagnostics import COLUMNS, CSVLog
 
-    def on_step_end(self, run, out):
-        if self._log is not None and run.step % self.every == 0:
-            self._log.write(run.row)
-            self._log.flush()
+        key = group or ""
+        if key not in self._logs:
+            path = self.path if group is None else self.path.parent / f"{group}.csv"
+            columns = COLUMNS if group is None else ("iter",)  # a group: its metrics' keys
+            self._logs[key] = CSVLog(path, columns=columns, keep_until=self._keep)
+        return self._logs[key]
+
+    def on_log(self, run, metrics, step):
+        if not run.is_main or not self._logs:
+            return
+        groups: dict[str | None, dict[str, Any]] = {}
+        for k, v in metrics.items():
+            g, _, name = k.rpartition("/")
+            groups.setdefault(g or None, {})[name if g else k] = v
+        for g, row in groups.items():
+            if g is None and "iter" not in row or g is not None:
+                row = {"iter": step, **row}
+            log = self._open(g)
+            log.write(row)
+            log.flush()
 
     def on_fit_end(self, run):
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        for log in self._logs.values():
+            log.close()
+        self._logs = {}
 
 
-class TensorBoard(Callback):
-    """Diagnostics to TensorBoard through Accelerate's tracker (``out_dir/tensorboard``)."""
+#: ``train.trackers`` names: Accelerate's trackers (``accelerate.tracking``).
+TRACKERS = ("tensorboard", "mlflow", "wandb", "aim", "comet_ml", "clearml", "dvclive", "swanlab",
+            "trackio")
+
+
+class Trackers(Callback):
+    """Every metric of ``run.log`` to the experiment trackers Accelerate supports
+    (``train.trackers``: ``tensorboard``, ``mlflow``, ``wandb``, ``aim``, ``comet_ml``,
+    ``clearml``, ``dvclive``, …), with the run document as the run's hyper-parameters (main
+    process only). Trackers that keep files locally write them in the run directory
+    (``tensorboard/``, ``mlruns/`` for MLflow unless ``MLFLOW_TRACKING_URI`` is set, ``wandb/``,
+    ``.aim``); each tracker's own environment variables (``WANDB_MODE=offline``,
+    ``MLFLOW_TRACKING_URI``, …) apply as usual."""
+
+    def __init__(self, names: Iterable[str], out_dir: Path | None, *, project: str = "ebmkit"):
+        self.names = tuple(names)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.project = project
+        self.trackers: list[Any] = []
+
+    def on_fit_start(self, run):
+        if not run.is_main or not self.names:
+            return
+        name = (self.out_dir.name if self.out_dir is not None else self.project) or self.project
+        flat = _flat_config(run.config.to_dict())
+        for tracker in self.names:
+            t = _make_tracker(tracker, name, self.out_dir, self.project)
+            t.start()
+            t.store_init_configuration(flat)
+            self.trackers.append(t)
+
+    def on_log(self, run, metrics, step):
+        if not self.trackers:
+            return
+        values = {k: v for k, v in metrics.items()
+                  if k != "iter" and isinstance(v, (int, float)) and not isinstance(v, bool)
+                  and math.isfinite(v)}
+        for t in self.trackers:
+            t.log(values, step=step)
+
+    def on_fit_end(self, run):
+        trackers, self.trackers = self.trackers, []
+        for t in trackers:
+            t.finish()
+
+
+def _flat_config(doc: dict) -> dict[str, Any]:
+    flat = {}
+    for sec, table in doc.items():
+        for k, v in table.items():
+            if isinstance(v, dict):  # [plugins.NAME]
+                for k2, v2 in v.items():
+                    flat[f"{sec}.{k}.{k2}"] = str(v2) if isinstance(v2, (list, tuple)) or v2 is None else v2
+            else:
+                flat[f"{sec}.{k}"] = str(v) if isinstance(v, (list, tuple)) or v is None else v
+    return flat
+
+
+def _make_tracker(name: str, run_name: str, out_dir: Path | None, project: str):
+    """One of Accelerate's tracker classes, with its files in the run directory."""
+    import os
+
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    from .errors import ConfigError, MissingDependencyError
+
+    if name not in LOGGER_TYPE_TO_CLASS:
+        raise ConfigError(f"train.trackers: unknown tracker '{name}'; Accelerate supports "
+                          f"{', '.join(sorted(LOGGER_TYPE_TO_CLASS))}")
+    module = {"comet_ml": "comet_ml", "tensorboard": "tensorboard"}.get(name, name)
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None and not (
+            name == "tensorboard" and importlib.util.find_spec("tensorboardX") is not None):
+        extra = {"comet_ml": "comet"}.get(name, name)
+        raise MissingDependencyError(f"train.trackers {name}", f"pip install 'ebmkit-core[{extra}]'")
+    cls = LOGGER_TYPE_TO_CLASS[name]
+    local = str(out_dir) if out_dir is not None else "."
+    if name == "tensorboard":
+        return cls("tensorboard", local)
+    if name == "mlflow":
+        if "MLFLOW_TRACKING_URI" in os.environ:  # a server or store of the user's choice
+            return cls(experiment_name=project, run_name=run_name)
+        # MLflow 3 refuses its old file store (./mlruns) by default: a SQLite store in the run
+        # directory (`mlflow ui --backend-store-uri sqlite:///<run>/mlflow.db`), artifacts beside it
+        for mod in ("sqlalchemy", "alembic"):
+            if importlib.util.find_spec(mod) is None:
+                raise MissingDependencyError(f"train.trackers mlflow (its local store needs {mod}; "
+                                             "or set MLFLOW_TRACKING_URI)",
+                                             "pip install 'ebmkit-core[mlflow]'")
+        import logging
+
+        import mlflow
+
+        for logger in ("alembic", "mlflow.store.db.utils"):  # the store's schema set-up
+            logging.getLogger(logger).setLevel(logging.WARNING)
+        mlflow.set_tracking_uri(f"sqlite:///{Path(local, 'mlflow.db').resolve()}")
+        return cls(experiment_name=project, run_name=run_name,
+                   logging_dir=str(Path(local, "mlartifacts").resolve()))
+    if name == "wandb":
+        return cls(project, name=run_name, dir=local)  # wandb/ in the run directory
+    if name == "aim":
+        return cls(run_name, local)
+    if name in ("dvclive",):
+        return cls(run_name, dir=str(Path(local, "dvclive")))
+    return cls(project)
+
+
+class TensorBoard(Trackers):
+    """Diagnostics to TensorBoard (``out_dir/tensorboard``): ``Trackers(["tensorboard"], ...)``."""
 
     def __init__(self, out_dir: Path, *, every: int = 1):
-        self.out_dir, self.every = Path(out_dir), every
-        self._tracker = None
-
-    def on_fit_start(self, run):
-        if not run.is_main:
-            return
-        from accelerate.tracking import TensorBoardTracker
-
-        self._tracker = TensorBoardTracker("tensorboard", str(self.out_dir))
-        self._tracker.start()
-        flat = {f"{sec}.{k}": (str(v) if isinstance(v, (list, tuple)) or v is None else v)
-                for sec, table in run.config.to_dict().items() for k, v in table.items()}
-        self._tracker.store_init_configuration(flat)
-
-    def on_step_end(self, run, out):
-        if self._tracker is not None and run.step % self.every == 0:
-            self._tracker.log({k: v for k, v in run.row.items() if v is not None and k != "iter"},
-                              step=run.step)
-
-    def on_fit_end(self, run):
-        if self._tracker is not None:
-            self._tracker.finish()
-            self._tracker = None
+        super().__init__(["tensorboard"], out_dir)
 
 
 class SampleGrids(Callback):
@@ -245,188 +410,69 @@ class DiagnosticPlots(Callback):
 
 
 class Checkpoint(Callback):
-    """The run directory's model and resume state, crash-consistent.
+    """The run directory's model and resume state, through the run's
+    :class:`~ebmkit.checkpoint.CheckpointManager` (``run.checkpoints``):
 
-    * at the start: removes what interrupted saves left behind, then writes ``run.toml`` (fresh
-      run) or restores the newest complete checkpoint (resume: weights, optimizer, initializer
-      state, RNG, step) and says which;
-    * every ``every`` iterations, at the end, and when the run is interrupted (SIGINT/SIGTERM):
-      ``checkpoints/step-NNNNNN/`` (``model.safetensors``, ``rank<r>.safetensors``,
-      ``state.json``) written in full under a temporary name, fsynced, renamed, and only then
-      made current by replacing ``checkpoints/LATEST``; the top-level ``model.safetensors`` (the
-      file users share) is then pointed at it and all but the ``keep`` newest are removed.
+    * at the start of a fresh run: removes what interrupted saves and an earlier (forced) run
+      left behind, then writes ``run.toml``; a resumed run was restored by the loop;
+    * every ``every`` iterations, at the end, when the run is interrupted (SIGINT/SIGTERM) and
+      when a callback failed: a crash-consistent ``checkpoints/step-NNNNNN/`` (see
+      :class:`~ebmkit.checkpoint.CheckpointManager`); the top-level ``model.safetensors`` (the file
+      users share) is then pointed at it and all but ``keep`` are removed.
 
-    A kill at any moment leaves the previous complete checkpoint in place (see
-    docs/reliability.md; tests/test_kill.py kills runs at every point of a save).
+    A kill at any moment leaves the previous complete checkpoint in place (docs/reliability.md;
+    tests/test_kill.py kills runs at every point of a save).
     """
+
+    #: Run after every other callback (``run_loop`` orders callbacks by it), so a checkpoint
+    #: holds the other callbacks' state of the iteration it saves.
+    saves_state = True
 
     def __init__(self, out_dir: Path, *, every: int = 0, run_toml: bool = True, keep: int = 2):
         self.out_dir, self.every, self.run_toml, self.keep = Path(out_dir), every, run_toml, keep
-        self.last_saved: Path | None = None
 
     @property
     def model_path(self) -> Path:
         return self.out_dir / ckpt.MODEL
 
-    def on_resume(self, run):
-        if run.is_main:
-            _clean(self.out_dir)
-        run.accelerator.wait_for_everyone()
-        found = load_state(self.out_dir, run)
-        if found is None:  # killed before the first checkpoint: start again from iteration 0
-            run.say(f"no complete checkpoint in {self.out_dir}; starting again from iteration 0 "
-                    "with its run.toml")
-            run.resume = False
-            return
-        run.step, where = found
-        run.setup_done = True
-        self.last_saved = where
-        run.say(f"resuming from {where} (iteration {run.step})")
+    @property
+    def last_saved(self) -> Path | None:
+        return self._manager.last_saved if getattr(self, "_manager", None) else None
+
+    def _mgr(self, run) -> ckpt.CheckpointManager:
+        mgr = run.checkpoints
+        if mgr is None:  # used without fit(): a manager of its own
+            mgr = run.checkpoints = ckpt.CheckpointManager(self.out_dir, keep=self.keep)
+        self._manager = mgr
+        return mgr
 
     def on_fit_start(self, run):
+        mgr = self._mgr(run)
         if run.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if not run.resume:
-                _clean(self.out_dir)
-                _discard_old_run(self.out_dir)  # a forced fresh run: old checkpoints must not mix in
+                mgr.clean()
+                mgr.discard()  # a forced fresh run: old checkpoints must not mix in
                 if self.run_toml:
                     ckpt.atomic_write_text(self.out_dir / "run.toml", run.config.to_toml())
 
     def on_step_end(self, run, out):
         if self.every and run.step % self.every == 0 and run.step < run.train.iterations:
-            self.last_saved = save_state(self.out_dir, run, keep=self.keep)
-            run.saved = self.last_saved
+            run.saved = self._mgr(run).save(run)
 
     def on_fit_end(self, run):
-        if not (run.completed or run.interrupted) or run.step == 0:
+        if not (run.completed or run.interrupted or run.failed is not None) or run.step == 0:
             return
-        if self.last_saved is not None and self.last_saved.name == ckpt.step_dir_name(run.step):
-            run.saved = self.last_saved
+        mgr = self._mgr(run)
+        if mgr.last_saved is not None and mgr.last_saved.name == ckpt.step_dir_name(run.step):
+            run.saved = mgr.last_saved
             return  # this step is already committed
-        self.last_saved = save_state(self.out_dir, run, keep=self.keep)
-        run.saved = self.last_saved
-
-
-def _clean(out_dir: Path) -> None:
-    """Remove temporaries of interrupted saves (top level, checkpoints/, legacy train_state/)."""
-    for d in (out_dir, out_dir / ckpt.CHECKPOINTS, out_dir / STATE_DIR):
-        ckpt.remove_stale_temporaries(d)
-
-
-def _discard_old_run(out_dir: Path) -> None:
-    for name in (ckpt.CHECKPOINTS, STATE_DIR):
-        old = out_dir / name
-        if old.is_dir():
-            trash = out_dir / f".tmp-old-{name}"
-            shutil.rmtree(trash, ignore_errors=True)
-            old.rename(trash)
-            shutil.rmtree(trash, ignore_errors=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# resume state: checkpoints/step-N/{model,rank<r>}.safetensors + state.json (tensors in
-# safetensors, the rest in JSON; nothing pickled)
-# ---------------------------------------------------------------------------------------------
-def save_state(out_dir: Path, run: Run, *, keep: int = 2) -> Path:
-    """Commit the checkpoint of ``run.step`` (see :func:`ebmkit.checkpoint.save_checkpoint`)."""
-    acc = run.accelerator
-    opt_tensors, opt_rest = ckpt.flatten_optimizer(run.optimizer.state_dict())
-    tensors = dict(opt_tensors)
-    for k, v in run.initializer.state_dict().items():
-        tensors[f"init.{k}"] = v
-    tensors["rng.chain"] = run.generator.get_state().clone()
-    tensors["rng.data"] = run.data_generator.get_state().clone()
-
-    def write_rank(d: Path) -> None:
-        ckpt.write_tensors(d / f"rank{run.rank}.safetensors", tensors, ckpt.state_meta(run.step))
-
-    def write_main(d: Path) -> None:
-        ckpt.save_energy(d / ckpt.MODEL, run.energy, doc=run.config.to_dict(), step=run.step,
-                         shape=run.shape, fault="save-model")
-        ckpt._fault("save-model")
-        info = {"step": run.step, "world_size": run.world_size, "optimizer": opt_rest}
-        (d / ckpt.STATE_JSON).write_text(json.dumps(info), encoding="utf-8")
-        ckpt.fsync_file(d / ckpt.STATE_JSON)
-        ckpt._fault("save-state")
-
-    return ckpt.save_checkpoint(out_dir, run.step, write_rank=write_rank, write_main=write_main,
-                                rank=run.rank, is_main=run.is_main,
-                                barrier=acc.wait_for_everyone, keep=keep)
-
-
-def load_state(out_dir: Path, run: Run) -> tuple[int, Path] | None:
-    """Restore the newest complete checkpoint into ``run``; returns ``(step, directory)``, or
-    ``None`` when the run directory has none (a run killed before its first save)."""
-    out_dir = Path(out_dir)
-    found = ckpt.find_checkpoint(out_dir)
-    if found is None:
-        if (out_dir / STATE_DIR / ckpt.STATE_JSON).is_file():  # written by ebmkit < 0.2
-            return _load_legacy(out_dir, run), out_dir / STATE_DIR
-        if ckpt.list_checkpoints(out_dir):
-            raise CheckpointError(f"no checkpoint in {out_dir / ckpt.CHECKPOINTS} is complete and "
-                                  "readable; start again with --force (or a new --out)")
-        return None
-    where, info, notes = found
-    for note in notes:
-        run.say(note)
-    if run.is_main:  # newer, damaged directories would confuse rotation: remove them
-        for step, path in ckpt.list_checkpoints(out_dir):
-            if step > info["step"]:
-                shutil.rmtree(path, ignore_errors=True)
-    run.accelerator.wait_for_everyone()
-    _restore(where, where / f"rank{run.rank}.safetensors", info, run)
-    return info["step"], where
-
-
-def _check_world(out_dir: Path, info: dict, run: Run) -> None:
-    if int(info.get("world_size", 1)) != run.world_size:
-        raise CheckpointError(
-            f"{out_dir} was saved by {info.get('world_size')} process(es); resume it with the same "
-            f"number (got {run.world_size}) so each rank gets its own persistent chains back"
-        )
-
-
-def _restore(where: Path, rank_file: Path, info: dict, run: Run, model_path: Path | None = None) -> None:
-    _check_world(where, info, run)
-    step = info["step"]
-    model_path = model_path or where / ckpt.MODEL
-    ckpt.load_weights(model_path, run.energy)
-    tensors = ckpt.load_state(rank_file, step=step)
-    try:
-        run.optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, info["optimizer"]))
-    except (ValueError, KeyError, IndexError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{where}: the saved optimizer state does not fit this run ({first}); "
-                              "was the energy or the optimizer changed?") from None
-    dev = run.device
-    try:
-        run.initializer.load_state_dict({k[5:]: v.to(dev) for k, v in tensors.items()
-                                         if k.startswith("init.")})
-    except (ValueError, KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"{where}: cannot restore the initializer ({exc})") from None
-    try:
-        run.generator.set_state(tensors["rng.chain"])
-        run.data_generator.set_state(tensors["rng.data"])
-    except (KeyError, RuntimeError, TypeError) as exc:
-        raise CheckpointError(f"{rank_file}: the random-number state is missing or damaged ({exc})") from None
-
-
-def _load_legacy(out_dir: Path, run: Run) -> int:
-    """Resume a run directory written before checkpoints/ (``train_state/`` + top-level model)."""
-    sdir = out_dir / STATE_DIR
-    info = ckpt.read_state_info(sdir / ckpt.STATE_JSON)
-    meta = ckpt.read_checkpoint(out_dir / ckpt.MODEL)
-    if meta["step"] != info["step"]:
-        raise CheckpointError(f"{out_dir}: model.safetensors is at step {meta['step']} but "
-                              f"train_state at {info['step']}; this old-layout run cannot be resumed")
-    _restore(out_dir, sdir / f"rank{run.rank}.safetensors", info, run, model_path=out_dir / ckpt.MODEL)
-    return info["step"]
+        run.saved = mgr.save(run)
 
 
 def describe_state(out_dir: Path) -> dict[str, Any]:
     """``state.json`` of the newest complete checkpoint (``{}`` when there is none)."""
-    found = ckpt.find_checkpoint(Path(out_dir))
-    return dict(found[1], directory=str(found[0])) if found else {}
+    return ckpt.CheckpointManager(out_dir).describe()
 
 
 def _progress(console):
@@ -455,23 +501,44 @@ def _progress(console):
 def default_callbacks(run_config, out_dir: Path | None, *, progress: bool = True,
                       console: Any = None) -> list[Callback]:
     """The callbacks ``ebmkit run`` uses, from the ``[train]`` options: divergence guard,
-    progress bar, and with a run directory CSV, TensorBoard, checkpoints, grids and plots."""
+    progress bar, and with a run directory CSV, trackers, checkpoints, grids and plots."""
     cfg = run_config.train
     cbs: list[Callback] = [DivergenceGuard()]
     if progress:
         cbs.append(ProgressBar(console))
     cbs.append(TimeEstimate())
+    names = tracker_names(cfg, auto_tensorboard=out_dir is not None)
     if out_dir is None:
+        if names:
+            cbs.append(Trackers(names, None))
         return cbs
     out_dir = Path(out_dir)
     cbs.append(CSVLogger(out_dir / "diagnostics.csv", every=cfg.log_every))
-    if _want_tensorboard(cfg):
-        cbs.append(TensorBoard(out_dir, every=cfg.log_every))
+    if names:
+        cbs.append(Trackers(names, out_dir))
     cbs.append(Checkpoint(out_dir, every=cfg.checkpoint_every, keep=cfg.keep))
     cbs.append(SampleGrids(out_dir / "samples", every=cfg.sample_every, size=cfg.grid_size))
     if cfg.plots:
         cbs.append(DiagnosticPlots(out_dir / "diagnostics.csv", out_dir / "plots"))
     return cbs
+
+
+def tracker_names(cfg, *, auto_tensorboard: bool = True) -> list[str]:
+    """``train.trackers``, plus TensorBoard when ``train.tensorboard`` is ``on`` or (``auto``)
+    installed and the run has a directory."""
+    from .errors import ConfigError
+
+    names = list(dict.fromkeys(cfg.trackers))
+    for n in names:
+        if n not in TRACKERS:
+            import difflib
+
+            close = difflib.get_close_matches(n, TRACKERS, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"train.trackers: unknown tracker '{n}'.{hint} Known: {', '.join(TRACKERS)}")
+    if "tensorboard" not in names and auto_tensorboard and _want_tensorboard(cfg):
+        names.insert(0, "tensorboard")
+    return names
 
 
 def _want_tensorboard(cfg) -> bool:
@@ -491,6 +558,6 @@ def _want_tensorboard(cfg) -> bool:
 
 __all__ = [
     "Callback", "CSVLogger", "Checkpoint", "DiagnosticPlots", "DivergenceGuard", "LambdaCallback",
-    "ProgressBar", "SampleGrids", "TensorBoard", "TimeEstimate", "default_callbacks", "describe_state",
-    "load_state", "save_state",
+    "ProgressBar", "SampleGrids", "TRACKERS", "TensorBoard", "TimeEstimate", "Trackers",
+    "as_callbacks", "default_callbacks", "describe_state", "tracker_names",
 ]

@@ -25,7 +25,7 @@ import shutil
 import stat
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from safetensors import SafetensorError
@@ -81,24 +81,42 @@ def load_weights(path: Path, module: torch.nn.Module, *, strict: bool = True) ->
         raise CheckpointError(f"{path}: the weights do not fit this energy ({first})") from None
 
 
-def _fault(point: str) -> None:
-    """A test-only kill point: ``EBMKIT_TEST_KILL_AT=POINT[@N]`` SIGKILLs this process the N-th
-    time (default 1st) ``POINT`` is reached (the points are listed in :data:`KILL_POINTS`). The kill test (tests/test_kill.py) uses it to stop
-    a run between any two writes of a checkpoint. Unset, this is one dictionary lookup."""
-    spec = os.environ.get("EBMKIT_TEST_KILL_AT")
-    if not spec:
-        return
-    want, _, nth = spec.partition("@")
-    if want != point:
-        return
-    _FAULT_COUNTS[point] = _FAULT_COUNTS.get(point, 0) + 1
-    if _FAULT_COUNTS[point] == int(nth or 1):
-        import signal
+class KillAt:
+    """Fault injection for the kill tests: ``KillAt("save-model", nth=2)`` SIGKILLs this process
+    the ``nth`` time a save reaches that point (the points are :data:`KILL_POINTS`, in the order a
+    save reaches them). Handed to :class:`CheckpointManager` (``fault=``); ``ebmkit run`` builds
+    one from ``EBMKIT_TEST_KILL_AT=POINT[@N]`` (:meth:`from_environment`), which is how
+    tests/test_kill.py stops a run between any two writes of a checkpoint."""
 
-        os.kill(os.getpid(), signal.SIGKILL)
+    ENV = "EBMKIT_TEST_KILL_AT"
+
+    def __init__(self, point: str, nth: int = 1):
+        if point not in KILL_POINTS:
+            raise ConfigError(f"kill point {point!r} is not one of {', '.join(KILL_POINTS)}")
+        self.point, self.nth, self.count = point, int(nth), 0
+
+    @classmethod
+    def from_environment(cls) -> KillAt | None:
+        spec = os.environ.get(cls.ENV, "")
+        if not spec:
+            return None
+        want, _, nth = spec.partition("@")
+        return cls(want, int(nth or 1))
+
+    def __call__(self, point: str) -> None:
+        if point != self.point:
+            return
+        self.count += 1
+        if self.count == self.nth:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
-_FAULT_COUNTS: dict[str, int] = {}
+def _no_fault(point: str) -> None:
+    """No fault injection (the default)."""
+
+
 TMP_SUFFIX = ".tmp"
 
 
@@ -141,16 +159,17 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write, *, fault: str | None = None) -> None:
+def atomic_write(path: Path, write, *, fault: str | None = None, inject=_no_fault) -> None:
     """Call ``write(tmp_path)``, fsync, then rename onto ``path`` (atomic on POSIX): a reader
-    sees the old file or the new one, never a part. The new file gets the user's umask."""
+    sees the old file or the new one, never a part. The new file gets the user's umask.
+    ``inject(f"{fault}-tmp")`` is called once the temporary exists (fault injection)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _new_temp(path)
     try:
         mode = stat.S_IMODE(tmp.stat().st_mode)  # 0o666 less the umask
         if fault:
-            _fault(f"{fault}-tmp")
+            inject(f"{fault}-tmp")
         write(str(tmp))
         os.chmod(tmp, mode)  # some writers (safetensors) replace the file with a 0600 one
         fsync_file(tmp)
@@ -161,8 +180,9 @@ def atomic_write(path: Path, write, *, fault: str | None = None) -> None:
         raise
 
 
-def atomic_write_text(path: Path, text: str, *, fault: str | None = None) -> None:
-    atomic_write(path, lambda p: Path(p).write_text(text, encoding="utf-8"), fault=fault)
+def atomic_write_text(path: Path, text: str, *, fault: str | None = None, inject=_no_fault) -> None:
+    atomic_write(path, lambda p: Path(p).write_text(text, encoding="utf-8"), fault=fault,
+                 inject=inject)
 
 
 def remove_stale_temporaries(directory: Path) -> list[Path]:
@@ -185,7 +205,7 @@ def remove_stale_temporaries(directory: Path) -> list[Path]:
 
 def save_energy(path: Path, energy: torch.nn.Module, *, doc: Mapping[str, Any] | None, step: int,
                 shape: tuple[int, ...] | None = None, extra_meta: Mapping[str, str] | None = None,
-                fault: str | None = None) -> Path:
+                fault: str | None = None, inject=_no_fault) -> Path:
     """Write ``energy``'s weights and metadata to ``path`` atomically.
 
     ``doc`` is the run document (``None`` for a hand-built model: the energy is then recorded
@@ -208,7 +228,8 @@ def save_energy(path: Path, energy: torch.nn.Module, *, doc: Mapping[str, Any] |
     }
 
     meta.update(extra_meta or {})
-    atomic_write(Path(path), lambda p: save_file(tensors, p, metadata=meta), fault=fault)
+    atomic_write(Path(path), lambda p: save_file(tensors, p, metadata=meta), fault=fault,
+                 inject=inject)
     return Path(path)
 
 
@@ -463,6 +484,9 @@ def validate_state_info(path: Path, info: Any) -> dict[str, Any]:
             raise bad("optimizer.param_groups.params", "must be a list of parameter indices")
     if not isinstance(opt.get("scalars", {}), dict):
         raise bad("optimizer.scalars", "must be a JSON object")
+    cbs = info.get("callbacks", {})
+    if not (isinstance(cbs, dict) and all(isinstance(v, dict) for v in cbs.values())):
+        raise bad("callbacks", "must be a JSON object of callback states")
     for key in opt.get("scalars", {}):
         parts = key.split(".", 2)
         if len(parts) != 3 or parts[0] != "optim" or not parts[1].isdigit():
@@ -540,7 +564,7 @@ def find_checkpoint(out_dir: Path) -> tuple[Path, dict[str, Any], list[str]] | N
 
 def save_checkpoint(out_dir: Path, step: int, *, write_rank: Any, write_main: Any,
                     rank: int = 0, is_main: bool = True, barrier: Any = None,
-                    keep: int = 2) -> Path:
+                    keep: int = 2, inject=_no_fault) -> Path:
     """Write the checkpoint of ``step`` so that a kill at any moment leaves the previous one
     intact: every rank writes into ``checkpoints/.tmp-step-N/`` (``write_rank(dir)``), the main
     process adds the model and ``state.json`` (``write_main(dir)``), fsyncs, renames the
@@ -559,10 +583,10 @@ def save_checkpoint(out_dir: Path, step: int, *, write_rank: Any, write_main: An
             if tmp.exists():
                 shutil.rmtree(tmp)
             tmp.mkdir()
-            _fault("save-tmpdir")
+            inject("save-tmpdir")
         wait()
         write_rank(tmp)
-        _fault("save-rank")
+        inject("save-rank")
         wait()
         if is_main:
             write_main(tmp)  # the model, then state.json (faults inside)
@@ -574,13 +598,13 @@ def save_checkpoint(out_dir: Path, step: int, *, write_rank: Any, write_main: An
                 shutil.rmtree(old, ignore_errors=True)
             os.rename(tmp, final)
             fsync_dir(root)
-            _fault("save-renamed")
-            atomic_write_text(root / LATEST, name + "\n", fault="save-latest")
-            _fault("save-latest")
-            publish(final / MODEL, out_dir / MODEL)
-            _fault("save-link")
+            inject("save-renamed")
+            atomic_write_text(root / LATEST, name + "\n", fault="save-latest", inject=inject)
+            inject("save-latest")
+            publish(final / MODEL, out_dir / MODEL, inject=inject)
+            inject("save-link")
             rotate(out_dir, keep=keep, current=final)
-            _fault("save-rotated")
+            inject("save-rotated")
     except OSError as exc:
         if is_main:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -593,7 +617,7 @@ def save_checkpoint(out_dir: Path, step: int, *, write_rank: Any, write_main: An
     return final
 
 
-def publish(src: Path, dst: Path) -> None:
+def publish(src: Path, dst: Path, *, inject=_no_fault) -> None:
     """Atomically make ``dst`` the same file as ``src`` (a hard link, or a copy)."""
     tmp = _new_temp(dst)
     tmp.unlink()
@@ -603,7 +627,7 @@ def publish(src: Path, dst: Path) -> None:
         except OSError:
             shutil.copyfile(src, tmp)
             fsync_file(tmp)
-        _fault("save-link-tmp")
+        inject("save-link-tmp")
         os.replace(tmp, dst)
         fsync_dir(dst.parent)
     except BaseException:
@@ -625,3 +649,274 @@ def rotate(out_dir: Path, *, keep: int, current: Path | None = None) -> list[Pat
         shutil.rmtree(old, ignore_errors=True)
         removed.append(path)
     return removed
+
+
+# ---------------------------------------------------------------------------------------------
+# The manager: one object that owns a run directory's checkpoint protocol
+# ---------------------------------------------------------------------------------------------
+LEGACY_STATE_DIR = "train_state"  # the resume-state directory of ebmkit < 0.2
+
+
+class TrainingState(Protocol):
+    """What the checkpoint manager saves and restores (:class:`ebmkit.Run` implements it);
+    declared here so the checkpoint layer needs nothing from the training layer above it."""
+
+    energy: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    initializer: Any  # an ebmkit.Initializer: state_dict() / load_state_dict() of tensors
+    generator: torch.Generator
+    data_generator: torch.Generator
+    accelerator: Any  # wait_for_everyone()
+    config: Any  # to_dict(): the run document
+    shape: tuple[int, ...]
+    step: int
+    callbacks: list[Any]  # each with state_key, state_dict(), load_state_dict()
+
+    @property
+    def rank(self) -> int: ...
+
+    @property
+    def world_size(self) -> int: ...
+
+    @property
+    def is_main(self) -> bool: ...
+
+    def say(self, message: str) -> None: ...
+
+
+def rejection_reasons(out_dir: Path) -> list[str]:
+    """Why each step directory of a run is not a usable checkpoint (``step-N: reason``)."""
+    reasons = []
+    for _step, path in list_checkpoints(out_dir):
+        try:
+            check_checkpoint_dir(path)
+        except CheckpointError as exc:
+            reasons.append(f"{path.name}: {_short(str(exc), path)}")
+    return reasons
+
+
+def _short(text: str, path: Path) -> str:
+    """A rejection reason without the directory prefix it repeats."""
+    return text.replace(f"{path}/", "").replace(f"{path}: ", "").replace(str(path), path.name)
+
+
+class CheckpointManager:
+    """The checkpoints of one run directory: :meth:`save`, :meth:`restore`, :meth:`latest`,
+    :attr:`keep` (how many complete ones to keep).
+
+    ``out_dir/checkpoints/step-NNNNNN/`` holds ``model.safetensors`` (weights + run document),
+    ``rank<r>.safetensors`` (each process's optimizer, initializer and RNG tensors, and tensors
+    of callback state) and ``state.json`` (step, world size, optimizer scalars, callback state);
+    nothing is pickled. A save writes a temporary directory in full, fsyncs, renames it, and
+    only then replaces ``checkpoints/LATEST`` (crash-consistent: the previous checkpoint stays
+    valid until the new one is committed). ``fault`` is a fault injector called at each
+    :data:`KILL_POINTS` point (``KillAt`` for the kill tests; default: none).
+
+    ``save``/``restore`` take a :class:`TrainingState` (:class:`ebmkit.Run` is one).
+    """
+
+    def __init__(self, out_dir: str | Path, *, keep: int = 2, fault=None):
+        if int(keep) < 1:
+            raise ConfigError(f"keep must be >= 1, got {keep}")
+        self.out_dir = Path(out_dir)
+        self.keep = int(keep)
+        self.fault = fault or _no_fault
+        self.last_saved: Path | None = None
+
+    def __repr__(self) -> str:
+        return f"CheckpointManager({str(self.out_dir)!r}, keep={self.keep})"
+
+    # -- reading -------------------------------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        return self.out_dir / CHECKPOINTS
+
+    def steps(self) -> list[int]:
+        """Steps of the committed-looking checkpoint directories, newest first."""
+        return [s for s, _ in list_checkpoints(self.out_dir)]
+
+    def latest(self) -> Path | None:
+        """The newest complete, readable checkpoint directory (``None`` if there is none)."""
+        found = find_checkpoint(self.out_dir)
+        return found[0] if found is not None else None
+
+    def latest_step(self) -> int | None:
+        found = find_checkpoint(self.out_dir)
+        return found[1]["step"] if found is not None else None
+
+    def describe(self) -> dict[str, Any]:
+        """``state.json`` of the newest complete checkpoint (``{}`` when there is none)."""
+        found = find_checkpoint(self.out_dir)
+        return dict(found[1], directory=str(found[0])) if found else {}
+
+    def model_file(self) -> Path | None:
+        """The model of the newest complete checkpoint, else the top-level ``model.safetensors``
+        (an old layout or a hand-saved file), else ``None``."""
+        where = self.latest()
+        if where is not None:
+            return where / MODEL
+        top = self.out_dir / MODEL
+        return top if top.is_file() else None
+
+    def initializer_state(self, rank: int = 0) -> dict[str, Tensor]:
+        """The initializer's saved tensors (``init.*``, prefix removed) of the newest complete
+        checkpoint, for ``ebmkit.load(run_dir)`` (``{}`` when none)."""
+        where = self.latest()
+        path = where / f"rank{rank}.safetensors" if where is not None else \
+            self.out_dir / LEGACY_STATE_DIR / f"rank{rank}.safetensors"
+        if not path.is_file():
+            return {}
+        return {k[5:]: v for k, v in load_state(path).items() if k.startswith("init.")}
+
+    # -- housekeeping --------------------------------------------------------------------------
+    def clean(self) -> None:
+        """Remove temporaries of interrupted saves (top level, checkpoints/, legacy)."""
+        for d in (self.out_dir, self.root, self.out_dir / LEGACY_STATE_DIR):
+            remove_stale_temporaries(d)
+
+    def discard(self) -> None:
+        """Remove every checkpoint (a forced fresh run: old ones must not mix in)."""
+        for name in (CHECKPOINTS, LEGACY_STATE_DIR):
+            old = self.out_dir / name
+            if old.is_dir():
+                trash = self.out_dir / f".tmp-old-{name}"
+                shutil.rmtree(trash, ignore_errors=True)
+                old.rename(trash)
+                shutil.rmtree(trash, ignore_errors=True)
+
+    # -- save ----------------------------------------------------------------------------------
+    def save(self, run: TrainingState) -> Path:
+        """Commit the checkpoint of ``run.step``; returns its directory."""
+        acc = run.accelerator
+        inject = self.fault
+        opt_tensors, opt_rest = flatten_optimizer(run.optimizer.state_dict())
+        tensors = dict(opt_tensors)
+        for k, v in run.initializer.state_dict().items():
+            tensors[f"init.{k}"] = v
+        tensors["rng.chain"] = run.generator.get_state().clone()
+        tensors["rng.data"] = run.data_generator.get_state().clone()
+        cb_json: dict[str, Any] = {}
+        for key, cb in _callback_keys(run.callbacks):
+            state = cb.state_dict() or {}
+            plain = {}
+            for k, v in state.items():
+                if isinstance(v, Tensor):
+                    tensors[f"cb.{key}.{k}"] = v
+                else:
+                    plain[k] = v
+            if state:
+                cb_json[key] = plain
+        try:
+            json.dumps(cb_json)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"a callback's state_dict() is not JSON-serialisable ({exc}); "
+                                  "return numbers, strings, lists, dicts or tensors") from None
+
+        def write_rank(d: Path) -> None:
+            write_tensors(d / f"rank{run.rank}.safetensors", tensors, state_meta(run.step))
+
+        def write_main(d: Path) -> None:
+            save_energy(d / MODEL, run.energy, doc=run.config.to_dict(), step=run.step,
+                        shape=run.shape, fault="save-model", inject=inject)
+            inject("save-model")
+            info = {"step": run.step, "world_size": run.world_size, "optimizer": opt_rest}
+            if cb_json:
+                info["callbacks"] = cb_json
+            (d / STATE_JSON).write_text(json.dumps(info), encoding="utf-8")
+            fsync_file(d / STATE_JSON)
+            inject("save-state")
+
+        self.last_saved = save_checkpoint(
+            self.out_dir, run.step, write_rank=write_rank, write_main=write_main, rank=run.rank,
+            is_main=run.is_main, barrier=acc.wait_for_everyone, keep=self.keep, inject=inject)
+        return self.last_saved
+
+    # -- restore -------------------------------------------------------------------------------
+    def restore(self, run: TrainingState) -> tuple[int, Path] | None:
+        """Restore the newest complete checkpoint into ``run`` (weights, optimizer, initializer,
+        RNG states, callback states) and set ``run.step``; returns ``(step, directory)``, or
+        ``None`` when the run directory has none (a run killed before its first save). When
+        step directories exist but none is usable, a :class:`CheckpointError` says why each was
+        rejected."""
+        found = find_checkpoint(self.out_dir)
+        if found is None:
+            if (self.out_dir / LEGACY_STATE_DIR / STATE_JSON).is_file():  # ebmkit < 0.2
+                step = self._restore_legacy(run)
+                run.step = step
+                return step, self.out_dir / LEGACY_STATE_DIR
+            reasons = rejection_reasons(self.out_dir)
+            if reasons:
+                raise CheckpointError(
+                    f"no checkpoint in {self.root} is complete and readable ({'; '.join(reasons)}); "
+                    "start again with --force / force=True (or a new output directory)")
+            return None
+        where, info, notes = found
+        for note in notes:
+            run.say(note)
+        if run.is_main:  # newer, damaged directories would confuse rotation: remove them
+            for step, path in list_checkpoints(self.out_dir):
+                if step > info["step"]:
+                    shutil.rmtree(path, ignore_errors=True)
+        run.accelerator.wait_for_everyone()
+        self._restore(where, where / f"rank{run.rank}.safetensors", info, run)
+        run.step = info["step"]
+        self.last_saved = where
+        return info["step"], where
+
+    def _restore(self, where: Path, rank_file: Path, info: dict, run: Any,
+                 model_path: Path | None = None) -> None:
+        if int(info.get("world_size", 1)) != run.world_size:
+            raise CheckpointError(
+                f"{where} was saved by {info.get('world_size')} process(es); resume it with the "
+                f"same number (got {run.world_size}) so each rank gets its own persistent chains back")
+        step = info["step"]
+        load_weights(model_path or where / MODEL, run.energy)
+        tensors = load_state(rank_file, step=step)
+        try:
+            run.optimizer.load_state_dict(unflatten_optimizer(tensors, info["optimizer"]))
+        except (ValueError, KeyError, IndexError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{where}: the saved optimizer state does not fit this run "
+                                  f"({first}); was the energy or the optimizer changed?") from None
+        dev = run.generator.device
+        try:
+            run.initializer.load_state_dict({k[5:]: v.to(dev) for k, v in tensors.items()
+                                             if k.startswith("init.")})
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"{where}: cannot restore the initializer ({exc})") from None
+        try:
+            run.generator.set_state(tensors["rng.chain"])
+            run.data_generator.set_state(tensors["rng.data"])
+        except (KeyError, RuntimeError, TypeError) as exc:
+            raise CheckpointError(f"{rank_file}: the random-number state is missing or damaged "
+                                  f"({exc})") from None
+        saved = info.get("callbacks") or {}
+        for key, cb in _callback_keys(run.callbacks):
+            prefix = f"cb.{key}."
+            state = dict(saved.get(key) or {})
+            state.update({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+            if state:
+                cb.load_state_dict(state)
+
+    def _restore_legacy(self, run: Any) -> int:
+        sdir = self.out_dir / LEGACY_STATE_DIR
+        info = read_state_info(sdir / STATE_JSON)
+        meta = read_checkpoint(self.out_dir / MODEL)
+        if meta["step"] != info["step"]:
+            raise CheckpointError(f"{self.out_dir}: model.safetensors is at step {meta['step']} but "
+                                  f"train_state at {info['step']}; this old-layout run cannot be resumed")
+        self._restore(self.out_dir, sdir / f"rank{run.rank}.safetensors", info, run,
+                      model_path=self.out_dir / MODEL)
+        return info["step"]
+
+
+def _callback_keys(callbacks) -> list[tuple[str, Any]]:
+    """``(key, callback)`` for every callback: its ``state_key`` (default: the class name),
+    with ``#2``, ``#3`` … for repeats, so each one's state comes back to it on resume."""
+    seen: dict[str, int] = {}
+    out = []
+    for cb in callbacks:
+        base = str(cb.state_key or type(cb).__qualname__)
+        seen[base] = seen.get(base, 0) + 1
+        out.append((base if seen[base] == 1 else f"{base}#{seen[base]}", cb))
+    return out

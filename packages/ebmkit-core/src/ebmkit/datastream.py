@@ -51,9 +51,24 @@ def epoch_position(dataset, batches_done: int, batch_size: int, workers: int = 1
         epoch += 1
 
 
+def labels_of(dataset) -> Tensor | None:
+    """The label tensor of an in-memory dataset (``TensorDataset(x, y)``), else None."""
+    tensors = getattr(dataset, "tensors", None)
+    if tensors and len(tensors) > 1:
+        return tensors[1]
+    return None
+
+
+def _labels(batch) -> Tensor | None:
+    if isinstance(batch, (list, tuple)) and len(batch) > 1 and isinstance(batch[1], Tensor):
+        return batch[1]
+    return None
+
+
 def batch_stream(dataset, batch_size: int, *, generator: torch.Generator,
-                 num_workers: int = 0, start: int = 0) -> Iterator[Tensor]:
+                 num_workers: int = 0, start: int = 0, labels: bool = False) -> Iterator[Tensor]:
     """An endless stream of data batches; ``start`` = batches already consumed (resume).
+    With ``labels`` each item is ``(x, y)`` (a :class:`DataError` when the data has none).
 
     In-memory datasets are sampled with replacement, as in the short-run paper's code (each
     process with its own generator, so ranks see different examples; on resume the restored
@@ -69,9 +84,13 @@ def batch_stream(dataset, batch_size: int, *, generator: torch.Generator,
         if len(x) == 0:
             raise DataError("the dataset is empty")
         check_finite(x)
+        y = labels_of(dataset)
+        if labels and y is None:
+            raise DataError("the objective needs labels but the data has none; give (x, y) data "
+                            "(a TensorDataset(x, y)) or an objective without labels")
         while True:
             idx = torch.randint(0, len(x), (batch_size,), generator=generator)
-            yield x[idx]
+            yield (x[idx], y[idx]) if labels else x[idx]
     from torch.utils.data import DataLoader, IterableDataset
 
     iterable = isinstance(dataset, IterableDataset)
@@ -90,7 +109,15 @@ def batch_stream(dataset, batch_size: int, *, generator: torch.Generator,
         got = False
         for batch in itertools.islice(loader, skip, None):
             got = True
-            yield check_finite(_images(batch), "a batch of the training data")
+            xb = check_finite(_images(batch), "a batch of the training data")
+            if labels:
+                yb = _labels(batch)
+                if yb is None:
+                    raise DataError("the objective needs labels but the dataset yields none; "
+                                    "use a labelled dataset or an objective without labels")
+                yield xb, yb
+            else:
+                yield xb
         if not got and not skip:
             raise DataError(f"the dataset yields fewer than one batch of {batch_size} examples")
         epoch, skip = epoch + 1, 0

@@ -18,32 +18,64 @@ COLUMNS = ("iter", "d_t", "v_t", "r_t", "e_pos", "e_neg", "accept", "lr", "steps
 
 
 class CSVLog:
-    """Appends one row per iteration; reopening an existing file (resume) keeps its rows up to
-    ``keep_until`` (rows past the resumed step are dropped, as they were never checkpointed)."""
+    """Appends one row per logged step.
 
-    def __init__(self, path: Path, *, keep_until: int | None = None):
+    ``columns`` are the first columns (``None``: the first row's keys, in order); a row with a
+    key not seen before adds a column, and the file is rewritten once with the wider header (so
+    an objective's or a plugin's metrics land in their own columns, never dropped). Reopening an
+    existing file (resume) keeps its columns and its rows up to ``keep_until`` (rows past the
+    resumed step are dropped, as they were never checkpointed)."""
+
+    def __init__(self, path: Path, *, columns: Sequence[str] | None = COLUMNS,
+                 keep_until: int | None = None):
         self.path = Path(path)
-        rows: list[list[str]] = []
+        self.columns: list[str] = list(columns or ())
+        self._rows: list[dict[str, str]] = []
         if keep_until is not None and self.path.exists():
             with open(self.path, newline="") as f:
-                reader = csv.reader(f)
-                next(reader, None)
-                rows = [r for r in reader if r and int(r[0]) <= keep_until]
+                reader = csv.DictReader(f)
+                for c in reader.fieldnames or ():
+                    if c not in self.columns:
+                        self.columns.append(c)
+                self._rows = [r for r in reader if r.get("iter") and _iter(r["iter"]) <= keep_until]
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = None
+        if self.columns:
+            self._rewrite()
+
+    def _rewrite(self) -> None:
+        if self._f is not None:
+            self._f.close()
         self._f = open(self.path, "w", newline="")  # noqa: SIM115 - kept open for the run
         self._w = csv.writer(self._f)
-        self._w.writerow(COLUMNS)
-        self._w.writerows(rows)
+        self._w.writerow(self.columns)
+        self._w.writerows([[r.get(c) or "" for c in self.columns] for r in self._rows])
         self._f.flush()
 
     def write(self, row: dict) -> None:
-        self._w.writerow([_fmt(row.get(c)) for c in COLUMNS])
+        cells = {k: _fmt(v) for k, v in row.items()}
+        self._rows.append(cells)
+        new = [k for k in cells if k not in self.columns]
+        if new or self._f is None:
+            self.columns += new
+            self._rewrite()
+        else:
+            self._w.writerow([cells.get(c, "") for c in self.columns])
 
     def flush(self) -> None:
-        self._f.flush()
+        if self._f is not None:
+            self._f.flush()
 
     def close(self) -> None:
-        self._f.close()
+        if self._f is not None:
+            self._f.close()
+
+
+def _iter(v: str) -> float:
+    try:
+        return float(v)
+    except ValueError:
+        return math.inf
 
 
 def _fmt(v) -> str:

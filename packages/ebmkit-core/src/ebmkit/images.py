@@ -93,9 +93,54 @@ def to_model_range_chunked(images, *, resolution: int, channels: int, chunk: int
 
 
 def pil_to_uint8(img) -> Tensor:
-    """A PIL image -> uint8 ``[C, H, W]`` (C = 1 or 3)."""
+    """A PIL image -> uint8 ``[C, H, W]`` (C = 1 or 3). 8-bit only: deeper images are clipped;
+    use :func:`pil_to_tensor` for files that may be 16-bit or floating point."""
     if img.mode not in ("L", "RGB"):
-        img = img.convert("RGB" if img.mode in ("RGBA", "P", "CMYK", "YCbCr", "LA") else "L")
+        colour = img.mode in ("P", "PA", "LA") or len(img.getbands()) >= 3  # RGBA, RGBX, CMYK, ...
+        img = img.convert("RGB" if colour else "L")
     arr = np.asarray(img)
     t = torch.from_numpy(arr.copy())
     return t[None] if t.dim() == 2 else t.permute(2, 0, 1)
+
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def white_level(img) -> int:
+    """The value of white in a PIL image of integer mode ``I``/``I;16*``: ``2**bits - 1`` of
+    the bit depth stored in the file (not of the largest pixel, which would differ per image)."""
+    if img.mode in SIXTEEN_BIT_MODES:
+        return 65535
+    if img.format in ("PNG", "PPM"):  # PIL widens 16-bit PNG (old PIL) and PPM (maxval > 255) to 16 bits
+        return 65535
+    tags = getattr(img, "tag_v2", None)
+    if img.format == "TIFF" and tags is not None and tags.get(339, (1,))[0] == 1:  # unsigned samples
+        bits = tags.get(258, (0,))[0]
+        if 8 < bits <= 32:
+            return (1 << bits) - 1
+    raise DataError(f"a {img.format or 'PIL'} image of mode {img.mode} has no known white level "
+                    "(signed or unknown bit depth); save it as an 8- or 16-bit PNG")
+
+
+def pil_to_tensor(img) -> Tensor:
+    """A PIL image -> ``[C, H, W]`` (C = 1 or 3) that :func:`to_model_range` maps to [-1, 1]:
+    uint8 for 8-bit images; float32 in [0, 1] for 16/32-bit integer grey (scaled by the file's
+    bit depth, so 65535 is white in a 16-bit PNG) and for floating-point grey (mode ``F``, which
+    must already lie in [0, 1]). PIL itself opens 16-bit RGB(A) PNGs as 8-bit RGB(A) (top byte),
+    which keeps the range; those take the uint8 path."""
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        lo, hi = float(arr.min()), float(arr.max())
+        if not (np.isfinite(arr).all() and lo >= 0.0 and hi <= 1.0):
+            raise DataError(f"floating-point image has values in [{lo:g}, {hi:g}], not [0, 1]; "
+                            "rescale it to [0, 1] or save it as an 8- or 16-bit PNG")
+        return torch.from_numpy(arr.copy())[None]
+    if img.mode == "I" or img.mode in SIXTEEN_BIT_MODES:
+        white = white_level(img)
+        arr = np.asarray(img).astype(np.int64)
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi > white:
+            raise DataError(f"{img.mode} image has values in [{lo}, {hi}], outside [0, {white}] of its "
+                            "bit depth; save it as an 8- or 16-bit PNG")
+        return (torch.from_numpy(arr.astype(np.float64)) / white).float()[None]
+    return pil_to_uint8(img)

@@ -43,14 +43,24 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "MEMORY_FORMATS", "ChainResult", "ChainState", "ChainStats", "Component", "DataSource",
     "Energy", "EvalResult", "Evaluator", "Initializer", "KINDS", "Model", "NoParams", "Objective",
-    "ObjectiveOutput", "Options", "Prior", "Preset", "PriorInitializer", "SampleMetric", "Sampler",
-    "StepInfo",
+    "ObjectiveOutput", "Options", "Prior", "Preset", "PriorInitializer", "RunDocument",
+    "SampleMetric", "Sampler", "StepInfo",
 ]
 
 
 @dataclass(frozen=True, kw_only=True)
 class NoParams:
     """A config with no parameters."""
+
+
+@runtime_checkable
+class RunDocument(Protocol):
+    """A run document as the layers below ``runconfig`` see it (:class:`ebmkit.RunConfig`
+    implements it): its sections as plain tables and as TOML."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+    def to_toml(self) -> str: ...
 
 
 @runtime_checkable

@@ -12,22 +12,40 @@ from __future__ import annotations
 import contextlib
 import operator
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal, overload
 
 import torch
 from torch import Tensor, nn
 
+from .checks import as_data, check_energy
 from .errors import ConfigError
-from .interfaces import Initializer, Prior, PriorInitializer, Sampler
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .runconfig import RunConfig
+from .interfaces import Initializer, Prior, PriorInitializer, RunDocument, Sampler
 
 
 def sampling_steps(sampler: Sampler, sample_steps: int | None) -> int:
     """The one sampling-K rule: ``train.sample_steps`` when set, else the sampler's ``steps``."""
     return int(sample_steps) if sample_steps is not None else sampler.default_steps
+
+
+@dataclass(frozen=True)
+class SampleInfo:
+    """What the chains of :meth:`EBM.sample` did (``x, info = ebm.sample(n, return_info=True)``).
+
+    ``acceptance``: mean Metropolis-Hastings acceptance over the chains (after the sampler's
+    warm-up), ``None`` for an unadjusted sampler (Langevin); ``energies``: the final energy
+    ``U(x)`` of each sample ``[n]`` (on the model's device; the temperature taken out);
+    ``steps``: the MCMC steps each chain ran; ``grad_norm``: mean ``‖∇ₓU/T‖₂`` over the
+    steps and chains; ``divergent``: ``[n]`` bool, a chain whose state, energy or gradient went
+    non-finite (``None`` when the sampler does not report it).
+    """
+
+    acceptance: float | None
+    energies: Tensor
+    steps: int
+    grad_norm: float
+    divergent: Tensor | None = None
 
 
 @contextlib.contextmanager
@@ -54,7 +72,7 @@ class EBM:
 
     def __init__(self, energy: nn.Module, sampler: Sampler, initializer: Initializer | None = None,
                  *, steps: int | None = None, shape: tuple[int, ...] | None = None,
-                 config: RunConfig | None = None, step: int = 0,
+                 config: RunDocument | None = None, step: int = 0,
                  meta: dict[str, Any] | None = None, registry: Any = None):
         self.energy = energy
         self.sampler = sampler
@@ -76,6 +94,7 @@ class EBM:
         self.out_dir: Path | None = None
         self.last: dict[str, Any] = {}
         self.completed: bool | None = None
+        self._checked: nn.Module | None = None  # the energy check_energy last passed
 
     def __repr__(self) -> str:
         name = getattr(self.energy, "name", "") or type(self.energy).__name__
@@ -122,36 +141,114 @@ class EBM:
             raise ConfigError(f"seed must be an integer with 0 <= seed < 2**64, got {seed!r}")
         return torch.Generator(device=self.device).manual_seed(value)
 
+    def check(self, x: Tensor | None = None) -> None:
+        """Check the energy once (:func:`ebmkit.checks.check_energy`): on ``x`` (a small batch
+        ``[B, *shape]``), else on two draws from the noise prior (a private seed: no RNG state
+        is used). A one-line :class:`ConfigError` when it cannot be sampled from: a wrong input
+        size, a ``[B, 1]`` or scalar output, non-finite values. :meth:`sample` calls it before
+        its first chains; it runs again only for another ``energy``."""
+        if self._checked is self.energy:
+            return
+        if x is None:
+            x = self.prior.sample(2, generator=torch.Generator().manual_seed(0), device=self.device)
+        check_energy(self.energy, x)
+        self._checked = self.energy
+
     def starts(self, n: int, *, seed: int | None = None,
                generator: torch.Generator | None = None) -> Tensor:
         """``n`` chain starts ``x₀`` under the standalone policy."""
         gen = self._generator(seed, generator)
         return self.initializer.sample(n, generator=gen, device=self.device)
 
+    @overload
+    def sample(self, n: int, *, steps: int | None = ..., seed: int | None = ...,
+               generator: torch.Generator | None = ..., noise: bool = ..., batch_size: int = ...,
+               x0: Tensor | None = ..., return_info: Literal[False] = ...) -> Tensor: ...
+
+    @overload
+    def sample(self, n: int, *, steps: int | None = ..., seed: int | None = ...,
+               generator: torch.Generator | None = ..., noise: bool = ..., batch_size: int = ...,
+               x0: Tensor | None = ..., return_info: Literal[True]) -> tuple[Tensor, SampleInfo]: ...
+
     def sample(self, n: int, *, steps: int | None = None, seed: int | None = None,
                generator: torch.Generator | None = None, noise: bool = True,
-               batch_size: int = 256, x0: Tensor | None = None) -> Tensor:
+               batch_size: int = 256, x0: Tensor | None = None,
+               return_info: bool = False) -> Tensor | tuple[Tensor, SampleInfo]:
         """``n`` samples ``[n, *shape]``: ``steps`` MCMC steps (default: the sampling K) from the
-        standalone chain starts (or from ``x0``). The same ``seed`` gives the same samples.
-        ``noise=False`` runs the deterministic generator ``x = M_θ(x₀)``."""
+        standalone chain starts (or from ``x0``, ``[n, *shape]``: one start per sample). The
+        same ``seed`` gives the same samples. ``noise=False`` runs the deterministic generator
+        ``x = M_θ(x₀)``. ``return_info=True`` returns ``(x, info)``, ``info`` a
+        :class:`SampleInfo` (acceptance, final energies, grad norm). An exception from a
+        plugin's component is one :class:`~ebmkit.PluginError` line naming the plugin."""
+        try:
+            n = operator.index(n)  # ints, numpy ints; not floats or strings
+        except TypeError:
+            raise ConfigError(f"n must be an integer number of samples, got {n!r}") from None
         if n < 1:
             raise ConfigError(f"n must be >= 1, got {n}")
         k = self.steps if steps is None else int(steps)
         if k < 0:
             raise ConfigError(f"steps must be >= 0, got {k}")
+        if x0 is not None:
+            x0 = self._check_x0(x0, n)
         gen = self._generator(seed, generator)
         cap = self.initializer.capacity
         bs = max(1, min(int(batch_size), cap) if cap else int(batch_size))
-        outs = []
-        with eval_mode(self.energy):
+        results = []
+        from .plugins import contained  # a plugin's sampler/initializer/energy fails with its name
+
+        parts = {"sampler": self.sampler, "energy": self.energy, "initializer": self.initializer}
+        with contained(parts, self.registry, doing=" failed while sampling"), eval_mode(self.energy):
             for start in range(0, n, bs):
                 m = min(bs, n - start)
                 if x0 is not None:
                     xs = x0[start:start + m].to(self.device)
                 else:
                     xs = self.initializer.sample(m, generator=gen, device=self.device)
-                outs.append(self.sampler.run(self.energy, xs, k, generator=gen, noise=noise).x)
-        return torch.cat(outs)
+                if start == 0:
+                    self.check(xs[:2])
+                results.append(self.sampler.run(self.energy, xs, k, generator=gen, noise=noise))
+        x = torch.cat([r.x for r in results])
+        if not return_info:
+            return x
+        return x, self._info(results, k)
+
+    def _check_x0(self, x0: Any, n: int) -> Tensor:
+        """``x0`` as ``sample`` needs it: ``[n, *shape]`` floats (a numpy array is fine)."""
+        x0 = as_data(x0, what="x0")
+        if not isinstance(x0, Tensor):
+            raise ConfigError(f"x0 must be a tensor [n, *shape] of chain starts, got {type(x0).__name__}")
+        shape = list(self.shape)
+        if tuple(x0.shape[1:]) != self.shape or x0.ndim != len(shape) + 1:
+            raise ConfigError(f"x0 has shape {list(x0.shape)}, but this model's examples have shape "
+                              f"{shape}; pass x0 of shape [n, {', '.join(map(str, shape))}]")
+        if x0.shape[0] != n:
+            raise ConfigError(f"x0 holds {x0.shape[0]} chain starts but n={n} samples were asked "
+                              f"for; pass one start per sample (n=x0.shape[0] = {x0.shape[0]})")
+        return x0
+
+    def _info(self, results: list, k: int) -> SampleInfo:
+        t = self.sampler.temperature
+        sizes = [r.x.shape[0] for r in results]
+        total = sum(sizes)
+
+        def mean(per_chain: str, overall: str) -> float | None:
+            parts = [getattr(r, per_chain) for r in results]
+            if all(p is not None for p in parts):
+                return float(torch.cat([p.float().reshape(-1) for p in parts]).mean())
+            scalars = [getattr(r, overall) for r in results]
+            if any(s is None for s in scalars):
+                return None
+            return sum(float(s) * b for s, b in zip(scalars, sizes, strict=True)) / total
+
+        div = [r.divergent for r in results]
+        return SampleInfo(
+            acceptance=mean("per_chain_accept_rate", "accept_rate"),
+            energies=torch.cat([r.energy.detach() for r in results]) * t,
+            steps=k,
+            grad_norm=mean("per_chain_grad_norm", "grad_norm") or 0.0,
+            divergent=torch.cat(div) if all(d is not None for d in div) else None,
+        )
 
     def generate(self, z: Tensor, *, steps: int | None = None, differentiable: bool = False) -> Tensor:
         """``M_θ(z)``: the noise-free K-step chain from ``z`` (differentiable in ``z`` when asked:

@@ -118,7 +118,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             s = value.strip()
             if s.startswith("[") and s.endswith("]"):
                 s = s[1:-1]
-            value = [v.strip() for v in s.split(",") if v.strip()]
+            value = [v.strip().strip("'\"") for v in s.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return tuple(_coerce(v, inner, where) for v in value)

@@ -24,7 +24,6 @@ import os
 import sys
 import time
 import traceback
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from importlib import metadata
@@ -80,6 +79,12 @@ def _describe(exc: BaseException) -> str:
     where = f" ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
     text = " ".join(str(exc).split())  # one line: it is a cell of the `ebmkit plugins` table
     return f"{type(exc).__name__}: {text}{where}" if text else f"{type(exc).__name__}{where}"
+
+
+def describe_exception(exc: BaseException) -> str:
+    """One line for an exception raised in plugin or user code: ``Type: message (file.py:line)``
+    with the innermost frame outside ebmkit's machinery."""
+    return _describe(exc)
 
 
 def _unknown_hooks(pm: pluggy.PluginManager, plugin: Any) -> str | None:
@@ -230,8 +235,7 @@ class Registry:
         if name not in table:
             exc = UnknownComponentError(kind, name, table)
             if self.load_errors:  # the plugin that provides it may be one of those
-                exc.args = (f"{exc.args[0]} {len(self.load_errors)} plugin(s) failed to load; "
-                            "see `ebmkit plugins`",)
+                exc.args = (f"{exc.args[0]} {failed_plugins_line(self.load_errors)}",)
             raise exc
         return table[name]
 
@@ -371,24 +375,121 @@ def build_registry(pm: pluggy.PluginManager | None = None) -> Registry:
     return reg
 
 
-def plugin_callbacks(pm: pluggy.PluginManager, config: Any, out_dir: Any) -> list[Any]:
+def failed_plugins_line(load_errors: dict[str, str]) -> str:
+    """``2 plugin(s) failed to load: foo (ImportError: …), bar (…); see `ebmkit plugins```."""
+    names = ", ".join(f"{n} ({e})" for n, e in sorted(load_errors.items()))
+    return f"{len(load_errors)} plugin(s) failed to load: {names}; see `ebmkit plugins`"
+
+
+def plugin_callbacks(pm: pluggy.PluginManager, config: Any, out_dir: Any,
+                     *, origins: dict[int, str] | None = None) -> list[Any]:
     """The training callbacks every plugin's ``ebmkit_callbacks`` contributes, in plugin
     registration order. Each implementation may return ``None``, one callback or a list of them.
-    One that raises is reported (a warning naming the plugin) and skipped."""
+    ``origins`` (when given) receives ``id(callback) -> plugin name``, so a callback that fails
+    later is reported with its plugin's name. A hook that raises (other than with an ebmkit
+    user error, e.g. a ``ConfigError`` about its options, which passes through) is one
+    :class:`PluginError` line naming the plugin: the run does not start without the callbacks
+    the user's options asked for."""
     out: list[Any] = []
     for impl in pm.hook.ebmkit_callbacks.get_hookimpls():
         try:
             result = call_impl(impl, config=config, out_dir=out_dir)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, EbmkitError):
             raise
-        except BaseException as exc:  # a plugin's callbacks must not stop training
-            warnings.warn(f"plugin '{impl.plugin_name}' failed to add callbacks: {exc}",
-                          stacklevel=2)
-            continue
+        except BaseException as exc:
+            raise PluginError(
+                f"plugin '{impl.plugin_name}' failed to add its training callbacks "
+                f"(ebmkit_callbacks): {_describe(exc)}; report it to the plugin's authors, or "
+                f"hide the plugin with EBMKIT_BLOCK_PLUGINS={impl.plugin_name}") from exc
         if result is None:
             continue
-        if isinstance(result, list | tuple):
-            out.extend(cb for cb in result if cb is not None)
-        else:
-            out.append(result)
+        items = list(result) if isinstance(result, list | tuple) else [result]
+        for cb in items:
+            if cb is None:
+                continue
+            out.append(cb)
+            if origins is not None:
+                origins[id(cb)] = impl.plugin_name
     return out
+
+
+def plugin_of(obj: Any, registry: Registry | None) -> Entry | None:
+    """The registry entry of the plugin that provided ``obj``'s class (a component instance or
+    class), or ``None`` for ebmkit's own and unregistered classes."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    if registry is None:
+        return None
+    entry = registry.provider(cls)
+    if entry is None or entry.dist == "ebmkit-core":
+        return None
+    return entry
+
+
+def _package(cls: type) -> str:
+    return str(getattr(cls, "__module__", "") or "").split(".")[0]
+
+
+class contained:
+    """A context manager that turns an exception from plugin code into one :class:`PluginError`
+    line naming the plugin and the component (the original is ``__cause__``).
+
+    ``components`` are the objects that may run inside the block (``{"sampler": obj, ...}``:
+    section or kind -> instance). The failing one is found from the traceback: the innermost
+    frame that belongs to the package of one of them, if a plugin registered it (ebmkit's bugs
+    and a user's own classes, e.g. an ``nn.Module`` energy in a notebook, keep their
+    tracebacks; ebmkit user errors pass through unchanged).
+    """
+
+    def __init__(self, components: dict[str, Any], registry: Registry | None = None,
+                 *, doing: str = " failed", context: str = ""):
+        self.components = {k: v for k, v in components.items() if v is not None}
+        self.registry = registry
+        self.doing = doing
+        self.context = context  # e.g. "evaluator 'longrun'": said unless it is the culprit
+
+    def __enter__(self) -> contained:
+        return self
+
+    def __exit__(self, et, exc, tb) -> bool:
+        if exc is None or isinstance(exc, (EbmkitError, KeyboardInterrupt)) or not isinstance(exc, Exception):
+            return False
+        culprit = self.culprit(exc)
+        if culprit is None:
+            return False
+        where = f" (in {self.context})" if self.context and self.context not in culprit else ""
+        raise PluginError(f"{culprit}{self.doing}{where}: {_describe(exc)}; report it to the plugin's "
+                          "authors, or choose another component") from exc
+
+    def culprit(self, exc: BaseException) -> str | None:
+        """``"sampler 'mala2' from plugin 'x' (dist 1.0)"`` for the component whose package
+        the innermost matching frame belongs to; ``None`` when no plugin code is involved."""
+        packages: dict[str, tuple[str, Any]] = {}
+        for kind, obj in self.components.items():
+            cls = type(obj)
+            pkg = _package(cls)
+            if pkg and pkg != "ebmkit" and plugin_of(obj, self.registry) is not None:
+                packages.setdefault(pkg, (kind, obj))
+        if not packages:
+            return None
+        import sys as _sys
+
+        frames = traceback.extract_tb(exc.__traceback__)
+        for frame in reversed(frames):
+            for pkg, (kind, obj) in packages.items():
+                mod = _sys.modules.get(pkg)
+                base = getattr(mod, "__file__", None)
+                root = str(Path(base).parent) if base and Path(base).name == "__init__.py" else base
+                if root and frame.filename.startswith(str(root)):
+                    return _name_component(kind, obj, self.registry)
+        return None
+
+
+def _name_component(kind: str, obj: Any, registry: Registry | None) -> str:
+    entry = plugin_of(obj, registry)
+    cls = type(obj)
+    name = getattr(cls, "name", "") or cls.__qualname__
+    kind = {"init": "initializer", "data": "dataset"}.get(kind, kind)
+    if entry is not None:
+        dist = " ".join(x for x in (entry.dist or "local", entry.version) if x)
+        return f"{kind} '{name}' from plugin '{entry.plugin}' ({dist})"
+    return f"{kind} '{name}' ({cls.__module__})"

@@ -82,6 +82,7 @@ class TrainConfig:
     plots: bool = param(True, "Write the diagnostics plots at the end.")
     tensorboard: str = param("auto", "Also log diagnostics to TensorBoard via Accelerate's trackers: auto (when tensorboard is installed), on, off.",
                              choices=("auto", "on", "off"))
+    trackers: tuple[str, ...] = param((), "Experiment trackers every logged metric also goes to (Accelerate's: tensorboard, mlflow, wandb, aim, comet_ml, clearml, dvclive, ...); local files go into the run directory.")
 
     def __post_init__(self):
         if self.steps_max is not None and self.steps_max < 1:

@@ -6,13 +6,14 @@ Two pieces:
   batch, readable top to bottom::
 
       x+ (+ σ noise) -> initializer -> sampler on the *unwrapped* energy -> x-
-      -> loss mean U(x+) - mean U(x-) through the (DDP-wrapped) energy -> optimizer
-      -> initializer.update(x-)
+      -> objective (default ``ml``: mean U(x+) - mean U(x-)) through the (DDP-wrapped) energy
+      -> optimizer -> initializer.update(x-)
 
-* :func:`run_loop` — the loop around it: learning-rate schedule, σ annealing, random K,
-  diagnostics (one host sync per iteration, averaged across processes) and the callbacks
-  (:mod:`ebmkit.callbacks`) that do everything else: progress, CSV, grids, checkpoints,
-  TensorBoard, divergence guard. The loop itself writes no file.
+* :func:`run_loop` — the loop around it: restore on resume (the run's
+  :class:`~ebmkit.checkpoint.CheckpointManager`), learning-rate schedule, σ annealing, random K,
+  diagnostics (one host sync per iteration, averaged across processes) sent through
+  ``run.log`` and the callbacks (:mod:`ebmkit.callbacks`) that do everything else: progress,
+  CSV, trackers, grids, checkpoints, divergence guard. The loop itself writes no file.
 
 Accelerate handles devices and data parallelism: each process runs its own chains on the
 unwrapped module (sampling through DDP deadlocks when the energy has buffers and would cost a
@@ -28,20 +29,42 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from .datastream import batch_stream, draw
-from .errors import ConfigError, EbmkitError
-from .interfaces import Initializer, Sampler
+from .errors import ConfigError, EbmkitError, PluginError
+from .interfaces import Initializer, Objective, Sampler
 from .mcmc import ChainResult, randn_like_on
 from .model import EBM, eval_mode, sampling_steps
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .callbacks import Callback
     from .runconfig import RunConfig, TrainConfig
+
+
+class LoopCallback(Protocol):
+    """What :func:`run_loop` calls (:class:`ebmkit.Callback` implements it; declared here so that
+    the loop needs nothing from the ``callbacks`` layer above it)."""
+
+    #: Callbacks that save the run's state run after all others, so their checkpoint holds the
+    #: other callbacks' state of the same iteration.
+    saves_state: bool
+
+    def on_resume(self, run: Run) -> None: ...
+
+    def on_fit_start(self, run: Run) -> None: ...
+
+    def on_step_end(self, run: Run, out: StepOutput) -> None: ...
+
+    def on_log(self, run: Run, metrics: dict[str, Any], step: int) -> None: ...
+
+    def on_fit_end(self, run: Run) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,12 +115,14 @@ def pick_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name} was asked for but CUDA is not available; use --device cpu")
+        raise ConfigError(f"device {name} was asked for but CUDA is not available; use the CPU "
+                          "(device='cpu', --device cpu)")
     if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
         raise ConfigError(f"device {name}: this machine has {torch.cuda.device_count()} CUDA "
                           "device(s); use cuda:0 or another index")
     if name == "mps" and not (torch.backends.mps.is_available()):
-        raise ConfigError("device mps was asked for but MPS is not available; use --device cpu")
+        raise ConfigError("device mps was asked for but MPS is not available; use the CPU "
+                          "(device='cpu', --device cpu)")
     return name
 
 
@@ -172,13 +197,14 @@ class Autocast(nn.Module):
 class StepOutput:
     """What one :func:`train_step` produced (tensors on the device; nothing synced)."""
 
-    loss: Tensor  # scalar: mean U(x+) - mean U(x-) = d_t
+    loss: Tensor  # scalar: the objective's loss (ml: mean U(x+) - mean U(x-) = d_t)
     u_pos: Tensor  # [B] U(x+)
     u_neg: Tensor  # [B] U(x-)
     x_pos: Tensor  # the (noised) positives
     x_neg: Tensor  # the chains' end states
     chain: ChainResult
     steps: int
+    metrics: dict[str, Any] = field(default_factory=dict)  # the objective's own scalars
 
 
 def train_step(
@@ -196,6 +222,8 @@ def train_step(
     backward: Callable[[Tensor], None] | None = None,
     autocast: Any = None,
     precision: str = "fp32",
+    objective: Objective | None = None,
+    labels: Tensor | None = None,
 ) -> StepOutput:
     """One learning iteration of MCMC-based maximum likelihood (anatomy eq. 8).
 
@@ -203,8 +231,9 @@ def train_step(
     2. negatives: ``n_chains`` (default: the batch size) starts from ``initializer`` (given the
        positives, for CD), ``steps`` MCMC steps of ``sampler`` on ``energy`` itself — never
        through a DDP wrapper;
-    3. loss ``L = mean U(x+) − mean U(x-)`` through ``forward`` (the DDP-wrapped energy;
-       default ``energy``), ``backward(L)`` (default ``L.backward()``; Accelerate's under DDP),
+    3. the ``objective``'s loss (default ``ml``: ``L = mean U(x+) − mean U(x-)``) through
+       ``forward`` (the DDP-wrapped energy; default ``energy``), with ``labels`` when the
+       objective needs them, ``backward(L)`` (default ``L.backward()``; Accelerate's under DDP),
        one ``optimizer`` step — so the energy of the data goes down and that of the samples up;
     4. ``initializer.update(x-)`` (a persistent buffer keeps the end states).
 
@@ -227,10 +256,12 @@ def train_step(
     fwd = forward if forward is not None else energy
     if bf16:
         autocast = torch.autocast(x_pos.device.type, dtype=torch.bfloat16)
+    if objective is None:
+        objective = default_objective()
     with autocast if autocast is not None else contextlib.nullcontext():
-        u = fwd(torch.cat([x_pos, x_neg]))
-    u_pos, u_neg = u.float().split([x_pos.shape[0], x_neg.shape[0]])
-    loss = u_pos.mean() - u_neg.mean()
+        res = objective(fwd, x_pos, x_neg, labels=labels if objective.needs_labels else None)
+    loss = res.loss.float()
+    u_pos, u_neg = res.u_pos.float(), res.u_neg.float()
     optimizer.zero_grad(set_to_none=True)
     if backward is not None:
         backward(loss)
@@ -238,9 +269,17 @@ def train_step(
         loss.backward()
     optimizer.step()
     initializer.update(x_neg)
+    metrics = {k: (v.detach() if isinstance(v, Tensor) else v) for k, v in res.metrics.items()}
     return StepOutput(loss=loss.detach(), u_pos=u_pos.detach(), u_neg=u_neg.detach(),
                       x_pos=x_pos, x_neg=x_neg, chain=chain,
-                      steps=chain.steps if steps is None else int(steps))
+                      steps=chain.steps if steps is None else int(steps), metrics=metrics)
+
+
+def default_objective() -> Objective:
+    """The papers' loss (the built-in ``ml`` objective with its defaults)."""
+    from .builtin.objectives import MaximumLikelihood
+
+    return MaximumLikelihood(MaximumLikelihood.default_config())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,6 +317,21 @@ class Run:
     saved: Path | None = None  # the last checkpoint a callback committed
     precision: str = "fp32"  # what train.precision resolved to on this device (set by run_loop)
     say: Callable[[str], None] = field(default=lambda msg: None, repr=False)  # one-line notices
+    objective: Objective | None = None  # the loss (None: the built-in ml)
+    checkpoints: Any = None  # the run directory's CheckpointManager (None: in memory)
+    callbacks: list[Any] = field(default_factory=list, repr=False)  # set by run_loop
+    failed: BaseException | None = None  # the error a callback raised (training stopped)
+    origins: dict[int, str] = field(default_factory=dict, repr=False)  # id(callback) -> plugin
+    labels: bool = False  # the batch stream yields (x, y): the objective needs labels
+
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """The one way a metric leaves the loop: every callback's ``on_log`` receives
+        ``metrics`` (``{name: number}``; ``group/name`` keys for metrics other than the
+        per-iteration diagnostics) at ``step`` (default: ``run.step``). Call it on every process
+        (sinks write on the main one only)."""
+        step = self.step if step is None else int(step)
+        for cb in self.callbacks:
+            _call(self, cb, "on_log", self, metrics, step)
 
     @property
     def train(self) -> TrainConfig:
@@ -356,15 +410,54 @@ class StopOnSignal:
         self._old = {}
 
 
-def run_loop(run: Run, callbacks: Sequence[Callback], *, energy_ddp: nn.Module | None = None,
+class CallbackError(PluginError):
+    """A callback raised: training stopped after the iteration it failed in, with a checkpoint
+    at that iteration when the run has a directory. ``__cause__`` is the original error."""
+
+
+def _describe_callback(run: Run, cb: Any) -> str:
+    plugin = run.origins.get(id(cb))
+    cls = type(cb)
+    name = repr(cb) if cls.__repr__ is not object.__repr__ else f"'{cls.__qualname__}'"
+    if plugin:
+        return f"callback {name} from plugin '{plugin}'"
+    return f"callback {name} ({cls.__module__})"
+
+
+def _call(run: Run, cb: Any, method: str, *args: Any) -> None:
+    """``cb.method(*args)``; an exception (not an ebmkit user error, not already attributed)
+    becomes one :class:`CallbackError` line naming the callback, its plugin and the method."""
+    fn = getattr(cb, method, None)
+    if fn is None:
+        return
+    try:
+        fn(*args)
+    except (EbmkitError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        from .plugins import describe_exception
+
+        where = f" at iteration {run.step}" if run.step else ""
+        raise CallbackError(f"{_describe_callback(run, cb)} failed in {method}{where}: "
+                            f"{describe_exception(exc)}") from exc
+
+
+def run_loop(run: Run, callbacks: Sequence[LoopCallback], *, energy_ddp: nn.Module | None = None,
              stop_after: int | None = None, handle_signals: bool = True) -> Run:
     """Train ``run`` from ``run.step`` to ``train.iterations``, calling the callbacks.
+
+    A resumed run (``run.resume``) is first restored from the newest complete checkpoint of
+    ``run.checkpoints`` (weights, optimizer, initializer, RNG, ``run.step``, callback states).
 
     With ``handle_signals`` (the default; main thread only), the first SIGINT (Ctrl-C) or
     SIGTERM lets the current iteration finish, then the loop stops with ``run.interrupted`` set
     to the signal number and the callbacks' ``on_fit_end`` run (the checkpoint callback saves).
     A second signal stops at once (KeyboardInterrupt / the default SIGTERM action); a checkpoint
     being written is then abandoned, the previous one stays complete.
+
+    A callback that raises in ``on_step_end`` or ``on_log`` stops the loop the same way: the
+    iteration is complete, so ``on_fit_end`` runs (a checkpoint at that iteration) and the
+    error is raised as one :class:`CallbackError` line naming the callback and its plugin.
 
     ``stop_after`` ends the loop after that many iterations of this call (tests use it to
     simulate an interrupted run); the run is then not ``completed`` (no final checkpoint).
@@ -373,21 +466,36 @@ def run_loop(run: Run, callbacks: Sequence[Callback], *, energy_ddp: nn.Module |
     acc = run.accelerator
     device = acc.device
     fwd = energy_ddp if energy_ddp is not None else run.energy
+    # callbacks that save (ordered last, as Lightning does with ModelCheckpoint) see every other
+    # callback's state of the same iteration, whatever order the user listed them in
+    run.callbacks = sorted(callbacks, key=lambda cb: bool(cb.saves_state))
     run.precision = resolve_precision(cfg.precision, device, run.sampler)
     if run.resume:
-        for cb in callbacks:
-            cb.on_resume(run)
-        if run.resume and not run.setup_done:
-            raise ConfigError("nothing restored the run's state: resume needs the checkpoint "
-                              "callback (an out_dir)")
-    for cb in callbacks:
-        cb.on_fit_start(run)
+        mgr = run.checkpoints
+        if mgr is None:
+            raise ConfigError("resume needs the run directory (out_dir) to restore from")
+        if run.is_main:
+            mgr.clean()
+        acc.wait_for_everyone()
+        found = mgr.restore(run)
+        if found is None:  # killed before the first checkpoint: start again from iteration 0
+            run.say(f"no complete checkpoint in {mgr.out_dir}; starting again from iteration 0 "
+                    "with its run.toml")
+            run.resume = False
+        else:
+            run.setup_done = True
+            run.say(f"resuming from {found[1]} (iteration {found[0]})")
+            for cb in run.callbacks:
+                _call(run, cb, "on_resume", run)
+    for cb in run.callbacks:
+        _call(run, cb, "on_fit_start", run)
     if not run.setup_done:  # a fresh run: fill the initializer (a persistent buffer) once
         run.initializer.setup(draw_data=run.draw_data, generator=run.generator, device=device)
         run.setup_done = True
     run.start_step = run.step
     # in-memory sets continue from the restored generator; shard streams seek to (epoch, batch)
-    batches = batch_stream(run.dataset, cfg.batch_size, generator=run.data_generator, start=run.step)
+    batches = batch_stream(run.dataset, cfg.batch_size, generator=run.data_generator, start=run.step,
+                           labels=run.labels)
     grad_coef = run.sampler.grad_coef
     precision = run.precision
     with StopOnSignal(enabled=handle_signals) as signals:
@@ -400,49 +508,72 @@ def run_loop(run: Run, callbacks: Sequence[Callback], *, energy_ddp: nn.Module |
                 for group in run.optimizer.param_groups:
                     group["lr"] = lr
                 sigma = data_noise_at(cfg, it)
-                x_pos = next(batches).to(device, non_blocking=True)
+                batch = next(batches)
+                x_pos, y = batch if run.labels else (batch, None)
+                x_pos = x_pos.to(device, non_blocking=True)
+                if y is not None:
+                    y = y.to(device, non_blocking=True)
                 k = chain_steps(cfg, run.sampler, run.data_generator)
                 out = train_step(run.energy, x_pos, sampler=run.sampler, initializer=run.initializer,
                                  optimizer=run.optimizer, steps=k, data_noise=sigma,
                                  generator=run.generator, n_chains=cfg.batch_size, forward=fwd,
                                  backward=acc.backward, autocast=acc.autocast(),
-                                 precision=precision)
+                                 precision=precision, objective=run.objective, labels=y)
                 # diagnostics: one host sync per iteration, averaged over processes; the signal
                 # flag rides along so every rank stops after the same iteration
                 a = out.chain.accept_rate
                 a = a.float() if a is not None else torch.tensor(math.nan, device=device)
-                stats = torch.stack([out.loss, out.chain.grad_norm.float(), out.u_pos.mean(),
-                                     out.u_neg.mean(), a,
-                                     torch.tensor(float(signals.signum), device=device)])
+                extra = sorted(out.metrics)
+                vals = [out.u_pos.mean() - out.u_neg.mean(), out.chain.grad_norm.float(),
+                        out.u_pos.mean(), out.u_neg.mean(), a,
+                        torch.tensor(float(signals.signum), device=device)]
+                vals += [torch.as_tensor(out.metrics[key], device=device).float().reshape(())
+                         for key in extra]
+                stats = torch.stack(vals)
                 if run.world_size > 1:
                     stats = acc.reduce(stats, reduction="mean")
-                d_t, v_t, e_pos, e_neg, accept, sig = stats.tolist()
+                d_t, v_t, e_pos, e_neg, accept, sig, *more = stats.tolist()
                 now = time.perf_counter()
                 run.row = {"iter": it + 1, "d_t": d_t, "v_t": v_t,
                            "r_t": grad_coef * v_t if grad_coef is not None else None,
                            "e_pos": e_pos, "e_neg": e_neg,
                            "accept": None if math.isnan(accept) else accept, "lr": lr, "steps": k,
-                           "data_noise": sigma, "sec": now - t_last}
+                           "data_noise": sigma, "sec": now - t_last, **dict(zip(extra, more, strict=True))}
                 t_last = now
                 run.x_neg = out.x_neg
                 run.step = it + 1
-                for cb in callbacks:
-                    cb.on_step_end(run, out)
+                try:  # the iteration's row first: a callback that fails below cannot lose it
+                    if run.step % cfg.log_every == 0 or run.step == cfg.iterations:
+                        run.log(run.row, run.step)
+                    for cb in run.callbacks:
+                        _call(run, cb, "on_step_end", run, out)
+                except CallbackError as exc:  # the iteration is complete: stop with a checkpoint
+                    run.failed = exc
+                    break
                 if sig > 0 or (run.world_size == 1 and signals.signum):
                     run.interrupted = signals.signum or _SIGINT
                     break
                 if run.stop:
                     break
-            run.completed = run.step >= cfg.iterations and not run.interrupted
+            run.completed = (run.step >= cfg.iterations and not run.interrupted
+                             and run.failed is None)
         finally:
-            for cb in callbacks:
+            for cb in run.callbacks:
                 try:
-                    cb.on_fit_end(run)
+                    _call(run, cb, "on_fit_end", run)
                 except EbmkitError:
-                    raise
+                    if run.completed:
+                        raise
+                    if run.failed is None and not run.interrupted:
+                        raise
+                    # the run already failed: closing the other callbacks must not mask its error
                 except Exception:
                     if run.completed:
                         raise
-                    # the run already failed: closing the other callbacks must not mask its error
     acc.wait_for_everyone()
+    if run.failed is not None:
+        where = (f"; a checkpoint of iteration {run.step} is in {run.saved.parent.parent} "
+                 f"(continue with: ebmkit run --resume {run.saved.parent.parent})"
+                 if run.saved is not None and run.saved.name == f"step-{run.step:06d}" else "")
+        raise CallbackError(f"{run.failed}{where}") from run.failed.__cause__
     return run

@@ -11,7 +11,8 @@ Subclass a suite in your plugin's tests (pytest collects classes named ``Test*``
 
 Suites: :class:`SamplerConformance`, :class:`EnergyConformance`,
 :class:`InitializerConformance`, :class:`EvaluatorConformance`,
-:class:`DataSourceConformance`. Each failing check says what the contract requires.
+:class:`DataSourceConformance`, :class:`ObjectiveConformance`, :class:`OptionsConformance`.
+Each failing check says what the contract requires.
 Installing the package also registers a pytest plugin with the fixtures
 ``ebmkit_plugin_manager``, ``ebmkit_registry`` and ``ebmkit_cli`` (see
 :mod:`ebmkit_testing.fixtures`). Helpers for a plugin's own tests: the analytic targets
@@ -25,6 +26,8 @@ from .energies import EnergyConformance
 from .evaluators import EvaluatorConformance
 from .fixtures import CliResult, CliRunner
 from .initializers import InitializerConformance
+from .objectives import ObjectiveConformance, Replica, SmallEnergy
+from .options import OptionsConformance
 from .samplers import (
     DiagonalGaussianEnergy,
     GaussianMixtureEnergy,
@@ -38,6 +41,6 @@ __all__ = [
     "CliResult", "CliRunner", "ComponentConformance", "DataSourceConformance",
     "DiagonalGaussianEnergy", "EnergyConformance", "GaussianMixtureEnergy",
     "EvaluatorConformance", "GaussianEnergy", "GaussianPoints", "InitializerConformance",
-    "SamplerConformance", "gaussian_energy", "gaussian_points", "mc_tolerance", "require",
-    "watch_generator_draws",
+    "ObjectiveConformance", "OptionsConformance", "Replica", "SamplerConformance", "SmallEnergy",
+    "gaussian_energy", "gaussian_points", "mc_tolerance", "require", "watch_generator_draws",
 ]

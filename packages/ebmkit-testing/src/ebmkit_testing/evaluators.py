@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from ebmkit.builtin.initializers import NoiseConfig, NoiseInit
-from ebmkit.builtin.samplers import Langevin, LangevinConfig
 from ebmkit.interfaces import EvalResult
 from ebmkit.model import EBM
+from ebmkit.plugins import build_registry
 
 from ._base import ComponentConformance, require
 from .toys import gaussian_energy, gaussian_points
@@ -24,9 +23,11 @@ class EvaluatorConformance(ComponentConformance):
             component = MyMetric
             config = {"n": 64}
 
-    By default the model is a Gaussian energy on ``shape`` with a short Langevin sampler, and the
-    data a fixed Gaussian point set; override ``make_model`` / ``make_data`` for an evaluator
-    that needs images or a specific energy. ``needs_data = False`` also calls it with no data.
+    By default the model is a Gaussian energy on ``shape`` with a short ``langevin`` sampler and
+    ``noise`` chain starts (built by name from the registry of the installed plugins, as a run
+    builds them), and the data a fixed Gaussian point set; override ``make_model`` /
+    ``make_data`` for an evaluator that needs images or a specific energy.
+    ``needs_data = False`` also calls it with no data.
     """
 
     kind = "evaluator"
@@ -38,10 +39,11 @@ class EvaluatorConformance(ComponentConformance):
 
     def make_model(self) -> EBM:
         torch.manual_seed(0)
+        reg = build_registry()
         energy = gaussian_energy(tuple(self.shape), variance=0.25)
-        sampler = Langevin(LangevinConfig(steps=20, step_size=0.1))
-        init = NoiseInit(NoiseConfig(), tuple(self.shape))
-        return EBM(energy=energy, sampler=sampler, initializer=init, steps=20)
+        sampler = reg.create("sampler", "langevin", {"steps": 20, "step_size": 0.1})
+        init = reg.create("initializer", "noise", None, tuple(self.shape))
+        return EBM(energy=energy, sampler=sampler, initializer=init, steps=20, registry=reg)
 
     def make_data(self) -> Any:
         return gaussian_points(tuple(self.shape), n=256)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
@@ -31,17 +32,22 @@ class CliResult:
         return self.stdout + self.stderr
 
 
+def _cli_module() -> Any:
+    """The module ``ebmkit.cli.main`` (``ebmkit.cli.main`` as an attribute is its ``main``).
+
+    The one import of ``ebmkit.cli`` in the kit, declared in the workspace's import-linter
+    contract for ``ebmkit_testing``: this runner swaps the CLI's consoles and cached registry."""
+    import ebmkit.cli.main  # noqa: F401 - imported for sys.modules
+
+    return sys.modules["ebmkit.cli.main"]
+
+
 def _cached_registry_homes() -> list[Any]:
     """The modules that cache the CLI's ``(plugin manager, registry)`` pair in ``_DEFAULT``: the
     CLI itself (``ebmkit.cli.main``) and, where it still has one, ``ebmkit.plugins``."""
-    import importlib
+    import ebmkit.plugins
 
-    homes = []
-    for name in ("ebmkit.cli.main", "ebmkit.plugins"):
-        mod = importlib.import_module(name)
-        if hasattr(mod, "_DEFAULT"):
-            homes.append(mod)
-    return homes
+    return [mod for mod in (_cli_module(), ebmkit.plugins) if hasattr(mod, "_DEFAULT")]
 
 
 class CliRunner:
@@ -53,14 +59,15 @@ class CliRunner:
         monkeypatch.setenv("COLUMNS", "200")
         monkeypatch.setenv("NO_COLOR", "1")
         monkeypatch.setenv("TERM", "dumb")
+        # The runner swaps the CLI's registry; `ebmkit list`'s on-disk listing cache would
+        # bypass it (a plugin registered by the test would not be listed).
+        monkeypatch.setenv("EBMKIT_NO_CACHE", "1")
         self._reset_consoles()
 
     def _reset_consoles(self) -> None:
-        import importlib
-
         from rich.console import Console
 
-        cli = importlib.import_module("ebmkit.cli.main")
+        cli = _cli_module()
 
         self._mp.setattr(cli, "console", Console(width=200, no_color=True, highlight=False))
         self._mp.setattr(cli, "err_console",
@@ -81,9 +88,7 @@ class CliRunner:
             self._mp.setattr(home, "_DEFAULT", None)
 
     def __call__(self, *args: str) -> CliResult:
-        import importlib
-
-        main = importlib.import_module("ebmkit.cli.main").main
+        main = _cli_module().main
         out, err = io.StringIO(), io.StringIO()
         with redirect_stdout(out), redirect_stderr(err):
             code = main([str(a) for a in args])

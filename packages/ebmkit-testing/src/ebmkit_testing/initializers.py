@@ -1,7 +1,8 @@
 """Conformance suite for initializers: ``sample(n) -> [n, *shape]``, reproducible with a
-generator, ``update`` accepts end states, ``state_dict`` is tensors only and round-trips, and
-the properties the trainer, the loader and the evaluators read: ``needs_data``, ``prior``,
-``capacity`` and ``standalone()``."""
+generator, ``update`` accepts end states, ``state_dict`` is tensors only and round-trips (a
+restored initializer goes on exactly like the original: resume), and the properties the
+trainer, the loader and the evaluators read: ``needs_data``, ``prior``, ``capacity`` and
+``standalone()``."""
 
 from __future__ import annotations
 
@@ -24,13 +25,15 @@ class InitializerConformance(ComponentConformance):
 
     ``random = False`` declares an initializer that is deterministic given its data. The suite
     passes a data batch to ``sample`` everywhere except in the checks of ``needs_data`` (the
-    component's own class attribute) and ``standalone()``.
+    component's own class attribute) and ``standalone()``. ``resume_iterations`` (3): how many
+    iterations the resume check follows the original and the restored initializer.
     """
 
     kind = "initializer"
     shape: ClassVar[tuple[int, ...]] = (2,)
     n: ClassVar[int] = 8
     random: ClassVar[bool] = True
+    resume_iterations: ClassVar[int] = 3
 
     def make_initializer(self) -> Any:
         return self.component(self.make_config(), tuple(self.shape))
@@ -103,6 +106,42 @@ class InitializerConformance(ComponentConformance):
                          generator=torch.Generator().manual_seed(9), device="cpu")
         require(torch.equal(a, b), "load_state_dict(state_dict()) restores the initializer: the"
                 " same generator then gives the same chain starts (resume depends on it)")
+
+    def end_states(self, x: Tensor, iteration: int) -> Tensor:
+        """Stand-in end states of chains started at ``x`` (deterministic, in the data range)."""
+        return torch.tanh(x + 0.3 * (iteration + 1))
+
+    def test_resume_after_update_continues_identically(self):
+        """What resuming a run relies on. A checkpoint is written between iterations, after
+        ``setup`` + ``sample`` + ``update``; a resumed run builds a fresh initializer, loads that
+        ``state_dict()`` (no ``setup``) and goes on with the saved generator state. The restored
+        initializer must then go on exactly like the original, iteration after iteration: the
+        same generator state draws the same chain starts, and the same end states leave the same
+        ``state_dict()``. A state the initializer keeps but does not save (per-chain ages, a read
+        cursor) passes a single draw after the round trip and diverges here."""
+        init, g = self._ready()
+        init.update(self.end_states(self._sample(init, g), 0))
+        other = self.make_initializer()
+        other.load_state_dict({k: v.detach().clone() for k, v in init.state_dict().items()})
+        g_other = torch.Generator().set_state(g.get_state())
+        for it in range(1, self.resume_iterations + 1):
+            data = self.make_data(self.n)
+            a = init.sample(self.n, data=data.clone(), generator=g, device="cpu")
+            b = other.sample(self.n, data=data.clone(), generator=g_other, device="cpu")
+            require(torch.equal(a, b),
+                    f"iteration {it} after load_state_dict(state_dict()): the restored initializer"
+                    " draws other chain starts than the original with the same generator state;"
+                    " state_dict() must hold everything sample() and update() depend on (resume"
+                    " diverges otherwise)")
+            end = self.end_states(a, it)
+            init.update(end.clone())
+            other.update(end.clone())
+            sa, sb = init.state_dict(), other.state_dict()
+            require(sorted(sa) == sorted(sb) and all(torch.equal(sa[k], sb[k]) for k in sa),
+                    f"iteration {it} after load_state_dict(state_dict()): the same end states"
+                    " leave the restored initializer in another state than the original"
+                    f" (keys {sorted(sb)} vs {sorted(sa)}); state_dict() must hold everything"
+                    " update() depends on")
 
     # the properties the trainer, the loader and the evaluators read ----------------------------
     def test_needs_data_is_declared_truthfully(self):

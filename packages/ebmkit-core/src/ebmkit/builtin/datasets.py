@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,7 +29,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 from ..errors import DataError, MissingDependencyError
 from ..hookspecs import hookimpl
-from ..images import pil_to_uint8, to_model_range, to_model_range_chunked
+from ..images import pil_to_tensor, to_model_range, to_model_range_chunked
 from ..interfaces import DataSource
 from ..params import param
 
@@ -73,7 +74,7 @@ class ConvertedImages(Dataset):
 
     def __getitem__(self, i: int):
         img, label = self.load(self.base[i])
-        x = img if isinstance(img, Tensor) else pil_to_uint8(img)
+        x = img if isinstance(img, Tensor) else pil_to_tensor(img)
         x = to_model_range(x[None], resolution=self.resolution, channels=self.channels)[0]
         return x, int(label) if label is not None else 0
 
@@ -153,7 +154,7 @@ class RandomCrops(ImageSource):
         from PIL import Image
 
         cfg = self.config
-        images = [pil_to_uint8(Image.open(p)) for p in self.image_paths()]
+        images = [pil_to_tensor(Image.open(p)) for p in self.image_paths()]
         small = [p for p, im in zip(self.image_paths(), images, strict=True) if min(im.shape[-2:]) < cfg.crop]
         if small:
             raise DataError(f"{small[0]} is smaller than data.crop={cfg.crop}; lower data.crop")
@@ -360,6 +361,38 @@ class FolderConfig:
     in_memory: bool = param(True, "Decode all images once and hold them in memory (if under 1 GiB).")
 
 
+def _permission_error(path: Path, what: str) -> DataError:
+    fix = "chmod u+r" if what == "image" else "chmod -R u+rX"
+    return DataError(f"permission denied reading {what} {path}; give this user read access "
+                     f"(e.g. {fix} '{path}') or copy the images somewhere readable")
+
+
+def _find_images(root: Path) -> list[Path]:
+    """Image files under ``root`` (not following symlinked directories). Unlike ``Path.rglob``,
+    which silently skips what it may not read, an unreadable directory is an error: skipping it
+    would train on part of the data (a whole class, if it is a label folder)."""
+    found, todo = [], [root]
+    while todo:
+        folder = todo.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except PermissionError:
+            raise _permission_error(folder, "image folder") from None
+        except OSError as exc:
+            raise DataError(f"cannot list image folder {folder} ({exc.strerror or exc}); "
+                            "check the path and the disk") from None
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    todo.append(Path(entry.path))
+                elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES and entry.is_file():
+                    found.append(Path(entry.path))
+            except PermissionError:  # the folder is readable but not searchable (no x bit)
+                raise _permission_error(folder, "image folder") from None
+    return sorted(found)
+
+
 def list_images(root: Path) -> tuple[list[Path], list[int]]:
     """Image files under ``root`` (sorted) and labels from their first-level subfolder."""
     if root.exists() and not root.is_dir():
@@ -367,7 +400,7 @@ def list_images(root: Path) -> tuple[list[Path], list[int]]:
                         "holds the images (--data imagefolder:DIR)")
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist; pass --data imagefolder --set data.path=DIR")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = _find_images(root)
     if not files:
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {root}")
     classes = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
@@ -383,7 +416,11 @@ def _open_image(item):
     path, label = item
     try:
         with Image.open(path) as img:
-            return pil_to_uint8(img), label
+            return pil_to_tensor(img), label
+    except PermissionError:
+        raise _permission_error(path, "image") from None
+    except DataError as exc:  # a pixel format ebmkit cannot scale: name the file
+        raise DataError(f"{path}: {exc}") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         why = str(exc).strip().rstrip(".") or type(exc).__name__
         raise DataError(f"cannot read image {path}: {why}; remove or replace the file") from None

@@ -232,8 +232,9 @@ class DigitsLongRun(Evaluator):
         data = Digits8(cfg)
         train_x, train_y = data.open(split="train").tensors
         held_x, _ = data.open(split="heldout").tensors
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        if out_dir is not None:  # fail before the long chains, not after
+            out_dir = Path(out_dir)
+            out_dir.mkdir(parents=True, exist_ok=True)
         dev = model.device
         n = min(c.n, len(held_x))
         g_cpu = torch.Generator().manual_seed(c.seed)
@@ -302,6 +303,8 @@ class DigitsLongRun(Evaluator):
             curves[chain] = {"steps": [float(s) for s in marks], **rows}
             for k, v in rows.items():
                 metrics[f"{chain}_{k}"] = v[-1]
+        if out_dir is None:  # in memory: numbers only, no file
+            return EvalResult(metrics=metrics)
         (out_dir / "digits_longrun_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (out_dir / "digits_longrun_curves.json").write_text(json.dumps(curves, indent=2) + "\n")
         arrays = {ch: torch.stack(rows).numpy() for ch, rows in snaps.items()}

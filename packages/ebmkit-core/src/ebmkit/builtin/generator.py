@@ -62,12 +62,11 @@ class Interpolation(Evaluator):
         # smoothness: the largest jump relative to an even split of the end-to-end distance
         m["max_jump_ratio"] = float((steps_px.max(0).values * (c.points - 1)
                                      / (xs[-1] - xs[0]).flatten(1).norm(dim=1).clamp_min(1e-8)).mean())
-        out_dir = Path(out_dir)
-        write_metrics(out_dir, self.name, m)
+        write_metrics(out_dir, self.name, m)  # nothing written for out_dir=None
         figures = {}
-        if xs.dim() == 5:
+        if xs.dim() == 5 and out_dir is not None:
             grid = xs.transpose(0, 1).reshape(-1, *xs.shape[2:])  # one row per pair
-            figures["strip"] = save_grid(grid, out_dir / "interpolation.png", nrow=c.points, scale=2)
+            figures["strip"] = save_grid(grid, Path(out_dir) / "interpolation.png", nrow=c.points, scale=2)
         return EvalResult(metrics=m, figures=figures)
 
 
@@ -124,12 +123,12 @@ class Reconstruction(Evaluator):
         psnr = 10 * torch.log10(1.0 / (mse / 4).clamp_min(1e-12))
         m = {"mse": float(mse.mean()), "psnr_db": float(psnr.mean()), "mse_first_iteration": hist[0],
              "mse_last_iteration": hist[-1]}
-        out_dir = Path(out_dir)
-        write_metrics(out_dir, self.name, m)
+        write_metrics(out_dir, self.name, m)  # nothing written for out_dir=None
         figures = {}
-        if x.dim() == 4:
+        if x.dim() == 4 and out_dir is not None:
             pairs = torch.stack([x, xr], 1).reshape(-1, *x.shape[1:])
-            figures["pairs"] = save_grid(pairs, out_dir / "reconstruction.png", nrow=2 * min(c.n, 8), scale=2)
+            figures["pairs"] = save_grid(pairs, Path(out_dir) / "reconstruction.png",
+                                         nrow=2 * min(c.n, 8), scale=2)
         return EvalResult(metrics=m, figures=figures)
 
 
@@ -181,7 +180,7 @@ class FlowLikelihood(Evaluator):
         bpd = (-log_px + d * math.log(127.5)) / (d * math.log(2))
         m = {"bits_per_dim": float(bpd.mean()), "log_px_nats": float(log_px.mean()),
              "logdet_jacobian": float(logdet.mean()), "dims": d, "reconstruction_mse": sum(recon) / len(recon)}
-        write_metrics(Path(out_dir), self.name, m)
+        write_metrics(out_dir, self.name, m)  # nothing written for out_dir=None
         return EvalResult(metrics=m)
 
 

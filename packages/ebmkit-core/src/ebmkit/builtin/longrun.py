@@ -75,13 +75,16 @@ class LongRun(Evaluator):
                 m["long_minus_data"] = m["energy_long"] - m["energy_data"]
             except DataError:
                 pass
-        out_dir = Path(out_dir)
-        write_metrics(out_dir, self.name, m)
-        figures = {"energy": self._plot(traj, m, out_dir / "longrun_energy.png")}
-        if x.dim() == 4:
-            k = min(c.n, 8)
-            strip = torch.stack([snaps[s][:k] for s in sorted(snaps)], 1).reshape(-1, *x.shape[1:])
-            figures["snapshots"] = save_grid(strip, out_dir / "longrun_snapshots.png", nrow=len(snaps), scale=2)
+        write_metrics(out_dir, self.name, m)  # nothing written for out_dir=None
+        figures = {}
+        if out_dir is not None:
+            out_dir = Path(out_dir)
+            figures["energy"] = self._plot(traj, m, out_dir / "longrun_energy.png")
+            if x.dim() == 4:
+                k = min(c.n, 8)
+                strip = torch.stack([snaps[s][:k] for s in sorted(snaps)], 1).reshape(-1, *x.shape[1:])
+                figures["snapshots"] = save_grid(strip, out_dir / "longrun_snapshots.png",
+                                                 nrow=len(snaps), scale=2)
         return EvalResult(metrics=m, figures=figures)
 
     @staticmethod

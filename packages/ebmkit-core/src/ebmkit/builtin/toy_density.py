@@ -18,7 +18,6 @@ grid before it is compared.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from ..evaluation import write_json
 from ..hookspecs import hookimpl
 from ..interfaces import DataSource, EvalResult, Evaluator
 from ..model import EBM
@@ -183,7 +183,7 @@ class ToyDensity(Evaluator):
                "long-run samples, TV/KL/MMD/entropy, the papers' panel figure.")
     Config = ToyDensityConfig
 
-    def evaluate(self, model: EBM, data: DataSource | None, out_dir: Path) -> EvalResult:
+    def evaluate(self, model: EBM, data: DataSource | None, out_dir: Path | None) -> EvalResult:
         c = self.config
         if data is None or not data.has_density:
             raise ConfigError("evaluator 'toy_density' needs a dataset with a known density "
@@ -232,11 +232,10 @@ class ToyDensity(Evaluator):
             m[f"outside_{key}"] = 1.0 - float(((finite >= lo) & (finite <= hi)).all(dim=1).float().sum()) / x.shape[0]
             m[f"mmd_{key}"] = mmd2(finite[: c.mmd_samples], exact, c.mmd_bandwidths)
 
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "toy_metrics.json").write_text(json.dumps(m, indent=2) + "\n")
+        write_json(out_dir, "toy_metrics.json", m)  # nothing written for out_dir=None
         figures = {}
-        if c.plot:
+        if c.plot and out_dir is not None:
+            out_dir = Path(out_dir)
             title = str(model.meta.get("title", "")) if model.meta else ""
             figures["panel"] = plot_panel(grid, {"ground truth": log_true, "learned EBM": log_model,
                                                  "short-run KDE": kdes["short"],

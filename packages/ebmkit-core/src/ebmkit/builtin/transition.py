@@ -3,28 +3,29 @@
 A short-run model is trained with K1 steps; the rebuttal's claim is that sampling with K2 > K1
 steps keeps lowering the energy and saturates the images. This evaluator runs one set of chains
 and records, at every K of the grid, the mean energy, a saturation score (the fraction of pixels
-within ``1 − saturation`` of the range limits ±1) and, when an installed plugin registers the
-evaluators ``fid`` and ``kid`` (ebmkit-fid), FID and KID of the chains at every ``fid_every``-th
-K. It ends with one verdict: "over-saturates beyond K ≈ …" or "stable up to K = …".
+within ``1 − saturation`` of the range limits ±1) and, at every ``metric_every``-th K, the
+installed **sample metrics** of the chains against the data: registered evaluators that
+implement :class:`~ebmkit.SampleMetric` (ebmkit-fid's ``fid``, ``kid``, ``prc``, or any other
+plugin's), found by that interface and called through ``score(samples, reference)``. It ends
+with one verdict: "over-saturates beyond K ≈ …" or "stable up to K = …".
 """
 
 from __future__ import annotations
 
-import json
-import tempfile
-from dataclasses import dataclass
+import difflib
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..errors import DataError, UnknownComponentError
-from ..evaluation import data_batch
+from ..errors import ConfigError, DataError
+from ..evaluation import data_batch, write_json
 from ..hookspecs import hookimpl
 from ..images import save_grid
-from ..interfaces import EvalResult, Evaluator
-from ..model import EBM
-from ..params import param
+from ..interfaces import EvalResult, Evaluator, SampleMetric
+from ..params import param, parse_override, to_dict
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,67 +38,64 @@ class TransitionConfig:
                         "value at the model's own K by more than this.", min=0.0)
     strips: int = param(8, "Chains drawn as strips (one row each).", min=0)
     columns: int = param(11, "Ks shown per strip (evenly spread over the grid).", min=2)
-    fid: bool = param(True, "FID/KID per K when the fid and kid evaluators are installed (ebmkit-fid).")
-    fid_every: int = param(5, "FID/KID at every fid_every-th K of the grid (and at the model's K).", min=1)
-    fid_extractor: str | None = param(None, "Feature extractor for FID/KID (default: the fid plugin's).")
-    kid_subset_size: int | None = param(None, "KID subset size (default: min(1000, n)).")
-    seed: int = param(0, "Seed of the chains.")
+    metrics: tuple[str, ...] | None = param(
+        None, "Sample metrics scored per K (registered evaluators implementing ebmkit.SampleMetric, "
+        "e.g. fid, kid, prc from ebmkit-fid). Default: every installed one marked cheap (fid, kid) "
+        "when the model makes images and there is data; [] = none.")
+    metric_every: int = param(5, "Sample metrics at every metric_every-th K of the grid (and at "
+                              "the model's K and the last).", min=1)
+    metric_options: tuple[str, ...] = param(
+        (), "KEY=VALUE options for the sample metrics, each given to every chosen metric that has "
+        "KEY (e.g. [feature_extractor=ebmkit-pixels, inception_weights=PATH]); n and seed are "
+        "this evaluator's.")
+    seed: int = param(0, "Seed of the chains and of the reference batch.")
 
 
-class _Fixed(EBM):
-    """An EBM whose ``sample`` returns given chain states: lets an installed ``fid``/``kid``
-    evaluator score the chains at one K through the plain Evaluator interface."""
+class _Metrics:
+    """The chosen sample metrics and the reference batch they score the chains against."""
 
-    def __init__(self, model: EBM, x: Tensor, k: int):
-        super().__init__(model.energy, model.sampler, model.initializer, steps=k,
-                         shape=model.shape, config=model.config, step=model.step,
-                         meta=model.meta, registry=model.registry)
-        self._x = x
+    def __init__(self, metrics: dict[str, Any], reference: Tensor):
+        self.metrics, self.reference = metrics, reference
+        #: The headline number of each metric (its first ``metric_names`` entry): plotted.
+        self.headline = [m.metric_names[0] for m in metrics.values() if m.metric_names]
 
-    def sample(self, n, **kwargs):
-        return self._x[:n]
-
-
-class _Quality:
-    """Scores chain states with the ``fid`` and ``kid`` evaluators (their JSON goes to a
-    temporary directory; the first one's ``setup`` is kept for the transition's JSON)."""
-
-    def __init__(self, model: EBM, fid: Evaluator, kid: Evaluator):
-        self.model, self.fid, self.kid, self.setup = model, fid, kid, None
-        self._tmp = tempfile.TemporaryDirectory(prefix="ebmkit-transition-")
-
-    def __call__(self, x: Tensor, k: int, data) -> dict[str, float]:
-        tmp = Path(self._tmp.name)
-        fixed = _Fixed(self.model, x, k)
-        out = {"fid": self.fid.evaluate(fixed, data, tmp).metrics["fid"],
-               "kid_mean": self.kid.evaluate(fixed, data, tmp).metrics["kid_mean"]}
-        if self.setup is None and (tmp / "fid_metrics.json").is_file():
-            self.setup = json.loads((tmp / "fid_metrics.json").read_text()).get("setup")
+    def __call__(self, x: Tensor) -> dict[str, float]:
+        ref = self.reference.to(x.device)
+        out: dict[str, float] = {}
+        for metric in self.metrics.values():
+            out.update({k: float(v) for k, v in metric.score(x, ref).items()})
         return out
 
-    def close(self) -> None:
-        self._tmp.cleanup()
+    def configs(self) -> dict[str, dict[str, Any]]:
+        return {name: to_dict(m.config) for name, m in self.metrics.items()}
+
+
+def sample_metric_classes(registry: Any) -> dict[str, type]:
+    """The registered evaluators that implement :class:`~ebmkit.SampleMetric`, by name."""
+    if registry is None:
+        return {}
+    return {e.name: e.obj for e in registry.entries("evaluator")
+            if isinstance(e.obj, type) and issubclass(e.obj, SampleMetric)}
 
 
 class Transition(Evaluator):
-    """Runs the same chains through a grid of K and reports energy, saturation and (with the fid
-    plugin) FID/KID per K, with strips per chain and one verdict line."""
+    """Runs the same chains through a grid of K and reports energy, saturation and the installed
+    sample metrics (FID/KID with ebmkit-fid) per K, with strips per chain and one verdict line."""
 
     name = "transition"
     summary = ("K-transition view (rebuttal): the same chains to K = 0..1000; energy, saturation "
-               "and FID/KID (ebmkit-fid) per K, strips, a verdict.")
+               "and sample metrics (FID/KID with ebmkit-fid) per K, strips, a verdict.")
     Config = TransitionConfig
 
     @torch.no_grad()
     def evaluate(self, model, data, out_dir):
         c = self.config
-        out_dir = Path(out_dir)
         ks = list(range(0, c.max_k + 1, c.k_step))
         if ks[-1] != c.max_k:
             ks.append(c.max_k)
         k_model = min(ks, key=lambda k: abs(k - model.steps))
-        quality = self._quality(model) if c.fid else None
-        fid_ks = set(ks[:: c.fid_every]) | {k_model, ks[-1]} if quality else set()
+        quality = self._metrics(model, data)
+        metric_ks = set(ks[:: c.metric_every]) | {k_model, ks[-1]} if quality else set()
         g = torch.Generator(device=model.device).manual_seed(c.seed)
         x = model.starts(c.n, generator=g)
         is_image = x.dim() == 4
@@ -110,8 +108,8 @@ class Transition(Evaluator):
                 done = k
             row = {"K": k, "energy": float(model.energy(x).mean()),
                    "saturation": float((x.abs() > c.saturation).float().mean())}
-            if k in fid_ks:
-                row.update(quality(x, k, data))
+            if k in metric_ks:
+                row.update(quality(x))
             rows.append(row)
             if k in show and is_image:
                 snaps[k] = x[: c.strips].cpu()
@@ -140,18 +138,19 @@ class Transition(Evaluator):
              "oversaturates": float(bool(over)), "verdict_k": float(over[0] if over else ks[-1])}
         if sat_data is not None:
             m["energy_data"], m["saturation_data"] = u_data, sat_data
-        for key in ("fid", "kid_mean"):
-            if key in at:
-                m[f"{key}_k_model"], m[f"{key}_k_max"] = at[key], last[key]
-        out_dir.mkdir(parents=True, exist_ok=True)
+        scored = [key for key in at if key not in ("K", "energy", "saturation")]
+        for key in scored:  # the sample metrics' numbers at the model's K and the last
+            m[f"{key}_k_model"], m[f"{key}_k_max"] = at[key], last[key]
         doc = {**m, "verdict": verdict, "curve": rows, "seed": c.seed, "n": c.n,
                "sampler": model.sampler.name, "checkpoint_step": model.step,
-               "fid_setup": quality.setup if quality else None}
-        if quality:
-            quality.close()
-        (out_dir / "transition_metrics.json").write_text(json.dumps(doc, indent=2) + "\n")
+               "sample_metrics": quality.configs() if quality else {}}
+        if out_dir is None:  # in memory: numbers only, no file
+            return EvalResult(metrics=m)
+        out_dir = Path(out_dir)
+        write_json(out_dir, "transition_metrics.json", doc)
         (out_dir / "transition_verdict.txt").write_text(verdict + "\n")
-        figures = {"curves": self._plot(rows, m, k_model, verdict, out_dir / "transition_curves.png")}
+        figures = {"curves": self._plot(rows, m, k_model, verdict, out_dir / "transition_curves.png",
+                                        quality.headline if quality else [])}
         if snaps and c.strips:
             cols = sorted(snaps)
             strip = torch.stack([snaps[k] for k in cols], 1).reshape(-1, *x.shape[1:])
@@ -159,36 +158,63 @@ class Transition(Evaluator):
                                           nrow=len(cols), scale=2)
         return EvalResult(metrics=m, figures=figures)
 
-    def _quality(self, model) -> _Quality | None:
-        """FID and KID of the chains at one K, from the installed ``fid``/``kid`` evaluators;
-        ``None`` when they are not registered."""
+    def _metrics(self, model, data) -> _Metrics | None:
+        """The sample metrics to score per K (``None``: none), checked before any chain runs:
+        ``metrics`` names registered evaluators implementing :class:`~ebmkit.SampleMetric`; by
+        default the installed ones whose class says ``cheap``, for image models with data."""
         c = self.config
-        cfg = {"n": c.n, "seed": c.seed}
-        if c.fid_extractor:
-            cfg["feature_extractor"] = c.fid_extractor
-        try:
-            fid = model.component("evaluator", "fid", cfg)
-            kid = model.component("evaluator", "kid",
-                                  {**cfg, "kid_subset_size": c.kid_subset_size or min(1000, c.n)})
-        except UnknownComponentError:
+        available = sample_metric_classes(model.registry)
+        if c.metrics is None:
+            if len(model.shape) != 3 or data is None:
+                return None
+            names = [name for name, cls in available.items() if cls.cheap]
+        else:
+            names = list(dict.fromkeys(c.metrics))
+            for name in names:
+                if name not in available:
+                    close = difflib.get_close_matches(name, list(available), n=1)
+                    hint = f" Did you mean '{close[0]}'?" if close else ""
+                    raise ConfigError(
+                        f"transition.metrics: '{name}' is not a sample metric (an evaluator "
+                        f"implementing ebmkit.SampleMetric).{hint} Available: "
+                        f"{', '.join(available) or 'none installed (pip install ebmkit-fid)'}")
+        if not names:
             return None
-        return _Quality(model, fid, kid)
+        if data is None:
+            raise DataError(f"transition.metrics ({', '.join(names)}) score the chains against "
+                            "reference data: give --data NAME (or data=), or metrics=[]")
+        options: dict[str, str] = {}
+        for text in c.metric_options:
+            _, key, value = parse_override(text, section="metric_options",
+                                           flag="transition.metric_options")
+            options[key] = value
+        have = {name: {f.name for f in fields(available[name].Config)} for name in names}
+        unused = sorted(set(options) - set().union(*have.values()))
+        if unused:
+            raise ConfigError(f"transition.metric_options: no chosen metric ({', '.join(names)}) "
+                              f"has the option '{unused[0]}'; see ebmkit describe evaluator NAME")
+        metrics = {}
+        for name in names:
+            cfg = {k: v for k, v in options.items() if k in have[name]}
+            cfg.update({k: v for k, v in (("n", c.n), ("seed", c.seed)) if k in have[name]})
+            metrics[name] = model.component("evaluator", name, cfg)
+        return _Metrics(metrics, data_batch(data, c.n, c.seed))
 
     @staticmethod
-    def _plot(rows, m, k_model, verdict, path: Path) -> Path:
+    def _plot(rows, m, k_model, verdict, path: Path, headline=()) -> Path:
         from ..plotting import new_figure, save_figure
 
         ks = [r["K"] for r in rows]
         panels = [("energy", "mean energy U"), ("saturation", "saturation score")]
-        if any("fid" in r for r in rows):
-            panels += [("fid", "FID"), ("kid_mean", "KID")]
+        panels += [(key, key) for key in headline if any(key in r for r in rows)]
+        scored = {key for key, _ in panels[2:]}
         fig = new_figure(figsize=(3.2 * len(panels), 3.2))
         axes = fig.subplots(1, len(panels))
         for ax, (key, label) in zip(axes, panels, strict=True):
             pts = [(r["K"], r[key]) for r in rows if key in r]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if key in ("fid", "kid_mean") else "-",
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if key in scored else "-",
                     ms=3, lw=1.2)
-            if key in ("fid", "kid_mean"):  # K = 0 (the noise) is far above the rest
+            if key in scored:  # K = 0 (the noise) is far above the rest
                 ys = [p[1] for p in pts]
                 ax.set_yscale("log" if min(ys) > 0 else "symlog", **({} if min(ys) > 0 else {"linthresh": 1e-3}))
             ax.axvline(k_model, color="C1", ls="--", lw=1, label=f"model's K = {k_model}")

@@ -125,6 +125,11 @@ def run(
     from ..runconfig import RunConfig, build_document, load_toml, resolve
 
     reg = _registry()
+    if reg.load_errors:  # a run without a plugin the user may be counting on: say which
+        from ..plugins import failed_plugins_line
+
+        err_console.print(f"[yellow]warning: {escape(failed_plugins_line(reg.load_errors))}[/]",
+                          highlight=False, soft_wrap=True)
     overrides = list(set_ or [])
     if iterations is not None:
         overrides.append(f"train.iterations={iterations}")
@@ -140,17 +145,23 @@ def run(
     if resume is not None:
         if any(v is not None for v in (preset, config, energy, sampler, init, data)):
             raise ConfigError("--resume continues a saved run; only --set train.iterations=... (and logging options) may change")
-        train_opts = {}
+        train_opts: dict = {}
+        plugin_opts: dict = {}
         for o in overrides:
             section, key, value = parse_override(o)
+            if section == "plugins" and key.count(".") == 1:  # checked by fit: resumable keys only
+                plugin, sub = key.split(".")
+                plugin_opts.setdefault(plugin, {})[sub] = value
+                continue
             if section != "train" or key not in api.RESUMABLE:
                 raise ConfigError(f"--set {section}.{key} cannot change on resume; allowed: "
-                                  + ", ".join(f"train.{k}" for k in sorted(api.RESUMABLE)))
+                                  + ", ".join(f"train.{k}" for k in sorted(api.RESUMABLE))
+                                  + " and the plugins' resumable options (ebmkit describe options NAME)")
             train_opts[key] = value
         out_dir = resume
         # the header line only; fit() reports a missing or damaged run.toml
         spec = RunConfig.from_toml(resume / "run.toml", registry=reg) if (resume / "run.toml").is_file() else None
-        fit_args = dict(out_dir=resume, resume=True, **train_opts)
+        fit_args = dict(out_dir=resume, resume=True, plugins=plugin_opts or None, **train_opts)
     else:
         data_name, data_over = _data_name(data)
         preset_doc = reg.get("preset", preset).read() if preset else None
@@ -214,7 +225,7 @@ def sample(
     model = api.load(checkpoint, sampler=sampler, init=init, overrides=list(set_ or []),
                      steps=steps, device=device, registry=_registry())
     t0 = time.perf_counter()
-    x = model.sample(n, seed=seed, noise=noise, batch_size=batch_size)
+    x = model.sample(n, seed=seed, noise=noise, batch_size=batch_size)  # plugin failures: one line
     dt = time.perf_counter() - t0
     k = model.steps
     if not torch.isfinite(x).all():
@@ -267,9 +278,16 @@ def eval_(
     data_name, data_over = _data_name(data)
     source = _eval_data(model, data_name, data_over, reg)
     out_dir = out or (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "eval"
+    failed: list[tuple[str, str]] = []
     for name in evaluator:
         t0 = time.perf_counter()
-        result = api.evaluate(model, name, data=source, out_dir=out_dir, config=per_eval[name], registry=reg)
+        try:
+            result = api.evaluate(model, name, data=source, out_dir=out_dir, config=per_eval[name],
+                                  registry=reg)
+        except EbmkitError as exc:  # the other evaluators still run; a summary at the end
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            failed.append((name, str(exc)))
+            continue
         table = Table(title=f"{name} ({time.perf_counter() - t0:.1f}s)")
         table.add_column("metric")
         table.add_column("value", justify="right")
@@ -278,6 +296,11 @@ def eval_(
         console.print(table)
         for key, path in result.figures.items():
             console.print(f"{key}: {path}", highlight=False, markup=False)
+    if failed:
+        ok = [n for n in evaluator if n not in {f for f, _ in failed}]
+        raise EbmkitError(f"{len(failed)} of {len(evaluator)} evaluators failed "
+                          f"({', '.join(n for n, _ in failed)}); "
+                          f"{'finished: ' + ', '.join(ok) + f' (outputs in {out_dir})' if ok else 'none finished'}")
 
 
 def _eval_data(model, data_name, data_over, reg):
@@ -295,13 +318,14 @@ def _eval_data(model, data_name, data_over, reg):
 
 @app.command("list")
 def list_(
-    kind: Annotated[str | None, typer.Argument(help="energies, samplers, initializers, evaluators, datasets or presets.")] = None,
+    kind: Annotated[str | None, typer.Argument(help="energies, samplers, initializers, evaluators, datasets, objectives, options (plugins' [plugins.NAME] tables) or presets.")] = None,
 ):
     """List registered components: name, plugin, version, description."""
     from ..plugins import normalize_kind
 
     reg = _registry()
-    kinds = [normalize_kind(kind)] if kind else ["energy", "sampler", "initializer", "dataset", "evaluator", "preset"]
+    kinds = [normalize_kind(kind)] if kind else ["energy", "sampler", "initializer", "dataset",
+                                                 "evaluator", "objective", "options", "preset"]
     table = Table(show_lines=False)
     if not kind:
         table.add_column("kind", style="magenta")
@@ -315,12 +339,15 @@ def list_(
             table.add_row(*([k] if not kind else []), *row)
     console.print(table)
     if reg.load_errors:
-        err_console.print(f"[yellow]{len(reg.load_errors)} plugin(s) failed to load; see `ebmkit plugins`[/]")
+        from ..plugins import failed_plugins_line
+
+        err_console.print(f"[yellow]{escape(failed_plugins_line(reg.load_errors))}[/]",
+                          highlight=False, soft_wrap=True)
 
 
 @app.command()
 def describe(
-    kind: Annotated[str, typer.Argument(help="energy, sampler, initializer, evaluator, dataset, preset or train.")],
+    kind: Annotated[str, typer.Argument(help="energy, sampler, initializer, evaluator, dataset, objective, options (a plugin's [plugins.NAME] table), preset or train.")],
     name: Annotated[str | None, typer.Argument(help="Registered name.")] = None,
 ):
     """Show a component's parameters (name, type, default, meaning) or a preset's TOML."""

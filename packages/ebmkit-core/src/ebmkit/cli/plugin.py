@@ -4,7 +4,7 @@
 from pathlib import Path
 from typing import Annotated, Any
 
-from ..scaffold import kinds, names_for, render
+from ..scaffold import kinds, names_for, next_steps, render
 
 
 def add_commands(app: Any) -> None:
@@ -19,7 +19,10 @@ def add_commands(app: Any) -> None:
         directory: Annotated[Path | None, typer.Option("--dir", help="Target directory (default ./ebmkit-NAME).")] = None,
         force: Annotated[bool, typer.Option(help="Write into a non-empty directory.")] = False,
     ) -> None:
-        """Write a plugin package: pyproject with entry point, skeleton class, conformance test, README."""
+        """Write a plugin package: pyproject with entry point, skeleton class, conformance test, README.
+
+        One kind per component kind, plus `callback` (a training callback switched on by the
+        plugin's own [plugins.NAME] options)."""
         subs = names_for(name)
         dest = directory if directory is not None else Path(subs["dist"])
         existing = next(p for p in (dest, *dest.parents) if p.exists() or p == p.parent)
@@ -29,6 +32,6 @@ def add_commands(app: Any) -> None:
             raise ConfigError(f"--dir {dest}: {existing} is a file, not a directory; choose another --dir")
         files = render(name, kind, dest, force=force)
         typer.echo(f"wrote {len(files)} files to {dest}/ ({kind} '{name}', import {subs['module']})")
-        typer.echo(f"next:  cd {dest} && pip install -e . && pytest && ebmkit list {kind}s")
+        typer.echo(f"next:  {next_steps(name, kind, dest)}")
 
     app.add_typer(plugin_app, name="plugin")
