@@ -66,35 +66,17 @@ class TestPersistentInit(InitializerConformance):
     config = {"buffer_size": 32, "rejuvenation": 0.2}
 
 
-# float64 energies come back float32: ml's `u.float()` (meant to upcast bf16 energies) also
-# downcasts float64. Strict: when objectives.py upcasts half precision only, this XPASSes and
-# the marker must go.
-_ML_DOWNCASTS_FLOAT64 = pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="builtin ml downcasts float64 energies to float32 (u.float())")
-
-
 class TestML(ObjectiveConformance):
     component = objectives.MaximumLikelihood
     plugin = objectives
     entry_point = "core_objectives"
     maximum_likelihood = True
 
-    @pytest.mark.parametrize("dtype", [
-        torch.float32, pytest.param(torch.float64, marks=_ML_DOWNCASTS_FLOAT64)])
-    def test_keeps_dtype(self, dtype):
-        super().test_keeps_dtype(dtype)
-
 
 class TestMLWithEnergyPenalty(ObjectiveConformance):
     component = objectives.MaximumLikelihood
     config = {"alpha": 0.5}
     shape = (1, 4, 4)
-
-    @pytest.mark.parametrize("dtype", [
-        torch.float32, pytest.param(torch.float64, marks=_ML_DOWNCASTS_FLOAT64)])
-    def test_keeps_dtype(self, dtype):
-        super().test_keeps_dtype(dtype)
 
 
 def test_ml_energy_penalty_closed_form():

@@ -36,7 +36,9 @@ class MaximumLikelihood(Objective):
 
     def __call__(self, energy, x_pos, x_neg, *, labels=None) -> ObjectiveOutput:
         u = energy(torch.cat([x_pos, x_neg]))  # one forward: DDP reduces the gradient once
-        u_pos, u_neg = u.float().split([x_pos.shape[0], x_neg.shape[0]])
+        if u.dtype in (torch.float16, torch.bfloat16):  # reduce half-precision energies in fp32
+            u = u.float()
+        u_pos, u_neg = u.split([x_pos.shape[0], x_neg.shape[0]])
         loss = u_pos.mean() - u_neg.mean()
         metrics = {}
         alpha = self.config.alpha
