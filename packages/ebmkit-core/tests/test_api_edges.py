@@ -17,7 +17,9 @@ feature is training itself.
 
 from __future__ import annotations
 
+import math
 import tempfile
+import tomllib
 import warnings
 from pathlib import Path
 
@@ -541,3 +543,43 @@ def test_x0_as_numpy_or_float64_works_and_is_followed(registry):
     x = ebm.sample(3, steps=0, x0=x0)
     assert x.dtype == torch.float32 and torch.equal(x, torch.full((3, 2), 0.25))
     assert ebm.sample(3, steps=2, seed=0, x0=torch.from_numpy(x0)).shape == (3, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# tensor data outside the noise prior's box: the box follows the data (recorded), or a note
+# ---------------------------------------------------------------------------------------------
+def _ring(n: int = 256, radius: float = 2.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    angle = torch.rand(n, generator=g) * 2 * math.pi
+    return radius * torch.stack([angle.cos(), angle.sin()], 1) + 0.05 * torch.randn(n, 2, generator=g)
+
+
+PRIOR_FIT = dict(energy={"name": "mlp", "hidden": 8, "layers": 2},
+                 sampler={"name": "langevin", "steps": 2, "grad_coef": 0.01, "noise_std": 0.05},
+                 iterations=1, batch_size=16, plots=False, tensorboard="off", progress=False)
+
+
+def test_the_prior_box_follows_data_outside_it(tmp_path, capsys, registry, one_thread):
+    x = _ring()
+    lo, hi = float(x.min()), float(x.max())
+    ebm = ebmkit.fit(**PRIOR_FIT, data=x, out_dir=tmp_path / "run", registry=registry)
+    low, high = math.floor(lo * 10) / 10, math.ceil(hi * 10) / 10  # outward to 0.1
+    init = tomllib.loads((tmp_path / "run" / "run.toml").read_text())["init"]
+    assert (init["low"], init["high"]) == (low, high)
+    assert "leaves the default prior box [-1, 1]" in capsys.readouterr().out
+    starts = ebm.starts(4000, seed=0)  # uniform on the recorded box, not on [-1, 1]
+    assert starts.min() >= low and starts.max() <= high
+    assert starts.min() < low + 0.1 and starts.max() > high - 0.1
+
+
+def test_bounds_the_user_set_are_kept_with_a_note(capsys, registry, one_thread):
+    ebm = ebmkit.fit(**PRIOR_FIT, data=_ring(), init={"name": "noise", "low": -1.5, "high": 1.5},
+                     registry=registry)
+    assert ebm.config.to_dict()["init"]["low"] == -1.5
+    assert "leaves the chains' prior box [-1.5, 1.5]" in capsys.readouterr().out
+
+
+def test_data_inside_the_box_changes_nothing(capsys, registry, one_thread):
+    ebm = ebmkit.fit(**PRIOR_FIT, data=_ring(radius=0.5), registry=registry)
+    init = ebm.config.to_dict()["init"]
+    assert (init["low"], init["high"]) == (-1.0, 1.0) and "prior box" not in capsys.readouterr().out
