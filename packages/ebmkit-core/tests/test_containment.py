@@ -92,6 +92,14 @@ def ebmkit_register(register):
 def ebmkit_callbacks(config, out_dir):
     at = config.plugin("mine").explode_at
     return Explodes(at) if at else None
+
+
+@hookimpl
+def ebmkit_cli(app):
+    @app.command("mine-boom")
+    def boom():
+        """A command that fails (tests)."""
+        raise OSError("disk on fire")
 '''
 
 TOY = ["--energy", "mlp", "--data", "gmm2d", "--sampler", "langevin", "--set", "energy.hidden=16",
@@ -225,6 +233,12 @@ def test_a_plugin_sampler_that_raises_is_named_in_training_and_sampling(cli, tra
     line = _one_error_line(cli("sample", str(trained), "--sampler", "wobbly", "-n", "4",
                                "-o", str(tmp_path / "s.png")))
     assert "sampler 'wobbly' from plugin '_ebmkit_mine'" in line
+
+
+def test_a_plugin_command_that_raises_is_one_line_naming_the_plugin(cli):
+    line = _one_error_line(cli("mine-boom"))
+    assert line.startswith("error: plugin '_ebmkit_mine' (local) failed: OSError: disk on fire")
+    assert "report it to the plugin's authors" in line
 
 
 def test_a_users_own_module_keeps_its_traceback(reg):

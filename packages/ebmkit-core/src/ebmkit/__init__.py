@@ -3,12 +3,13 @@
 For users (notebooks, scripts)::
 
     import ebmkit
-    ebm = ebmkit.fit(energy="convnet32", data="mnist5k", iterations=600)   # -> EBM
+    ebm = ebmkit.fit(energy="convnet32", data="mnist5k", iterations=300)   # -> EBM
     x = ebm.sample(64, steps=40, seed=0)
     ebm.save("model.safetensors"); ebm = ebmkit.load("model.safetensors")
 
 For plugin authors: the component interfaces (:class:`Energy`, :class:`Sampler`,
-:class:`Initializer`, :class:`DataSource`, :class:`Evaluator`), :func:`param` configs,
+:class:`Initializer`, :class:`DataSource`, :class:`Evaluator`, :class:`Objective`,
+:class:`Options`, :class:`SampleMetric`, :class:`Callback`), :func:`param` configs,
 :data:`hookimpl`, and the MCMC helpers of :mod:`ebmkit.mcmc`.
 """
 

@@ -28,9 +28,12 @@ def ebmkit_register(register: Callable[[Any], Any]) -> None:
 
     Call ``register(cls)`` for each class the plugin provides: a subclass of
     :class:`ebmkit.Energy`, :class:`ebmkit.Sampler`, :class:`ebmkit.Initializer`,
-    :class:`ebmkit.Evaluator` or :class:`ebmkit.DataSource` (the kind is read from the base
-    class), or a :class:`ebmkit.Preset`. Names are unique across all installed plugins; a
-    second plugin claiming a taken name is an error naming both.
+    :class:`ebmkit.Evaluator`, :class:`ebmkit.DataSource`, :class:`ebmkit.Objective` (a loss)
+    or :class:`ebmkit.Options` (the plugin's ``[plugins.<name>]`` table of the run document;
+    the kind is read from the base class), or a :class:`ebmkit.Preset`. Names are unique per
+    kind across all installed plugins; a second plugin claiming a taken name is an error naming
+    both. A hook that raises leaves the plugin's components out (what it registered before the
+    error is discarded); the other plugins are unaffected.
     """
 
 
@@ -47,8 +50,11 @@ def ebmkit_cli(app: Any) -> None:
 def ebmkit_callbacks(config: Any, out_dir: Any) -> Any:
     """Contribute training callbacks to every :func:`ebmkit.fit` (and ``ebmkit run``).
 
-    ``config`` is the run's :class:`ebmkit.RunConfig`; ``out_dir`` the run directory, or ``None``
-    for an in-memory fit. Return a :class:`ebmkit.Callback` or a list of them (or ``None`` to add
-    nothing for this run). They run after the built-in callbacks, in plugin registration order.
-    A plugin whose hook raises is reported and skipped; training goes on.
+    ``config`` is the run's :class:`ebmkit.RunConfig` (the plugin's own options are
+    ``config.plugin(name)``); ``out_dir`` the run directory, or ``None`` for an in-memory fit.
+    Return a :class:`ebmkit.Callback` or a list of them (or ``None`` to add nothing for this
+    run). They run after the built-in callbacks and those passed to ``fit(callbacks=...)``, in
+    plugin registration order. A hook that raises is one :class:`ebmkit.PluginError` line
+    naming the plugin, and the run does not start (an :class:`ebmkit.EbmkitError` it raises on
+    purpose, e.g. a ``ConfigError`` about its options, passes through unchanged).
     """

@@ -484,6 +484,27 @@ class contained:
         return None
 
 
+def plugin_in_traceback(exc: BaseException, pm: pluggy.PluginManager) -> str | None:
+    """``"plugin 'fid' (ebmkit-fid 0.1.0)"`` when the innermost frame of ``exc``'s traceback that
+    belongs to a registered plugin's package (not ebmkit's own) is there, e.g. a plugin's CLI
+    command that raised; ``None`` otherwise (ebmkit's bugs keep their tracebacks)."""
+    roots: list[tuple[str, str]] = []
+    for name, obj in pm.list_name_plugin():
+        mod = sys.modules.get(str(getattr(obj, "__name__", "") or type(obj).__module__).split(".")[0])
+        base = getattr(mod, "__file__", None)
+        if not base or getattr(mod, "__name__", "") == "ebmkit":
+            continue
+        root = str(Path(base).parent) if Path(base).name == "__init__.py" else base
+        roots.append((root, name))
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        for root, name in roots:
+            if frame.filename.startswith(root):
+                info = getattr(pm, "ebmkit_plugin_info", {}).get(name)
+                dist = " ".join(x for x in (getattr(info, "dist", ""), getattr(info, "version", "")) if x)
+                return f"plugin '{name}' ({dist or 'local'})"
+    return None
+
+
 def _name_component(kind: str, obj: Any, registry: Registry | None) -> str:
     entry = plugin_of(obj, registry)
     cls = type(obj)

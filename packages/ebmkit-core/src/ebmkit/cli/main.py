@@ -559,8 +559,25 @@ def main(argv: list[str] | None = None) -> int:
                 return _exit(exc.exit_code, argv)
             if isinstance(exc, getattr(cx, "Exit", ())):
                 return _exit(exc.exit_code, argv)
+        culprit = _plugin_culprit(exc)
+        if culprit is not None:  # a plugin's own command failed: name it, in one line
+            from ..plugins import describe_exception
+
+            err_console.print(f"[bold red]error:[/] {escape(culprit)} failed: "
+                              f"{escape(describe_exception(exc))}; report it to the plugin's authors",
+                              highlight=False, soft_wrap=True)
+            return _exit(1, argv)
         raise
     return _exit(0, argv)
+
+
+def _plugin_culprit(exc: BaseException) -> str | None:
+    """The plugin whose code raised ``exc`` (e.g. in a command it added), if any."""
+    if _DEFAULT is None:
+        return None
+    from ..plugins import plugin_in_traceback
+
+    return plugin_in_traceback(exc, _DEFAULT[0])
 
 
 def _click_exception_modules() -> list:
