@@ -426,9 +426,9 @@ def _probe_batch(dataset: Any, shape: tuple[int, ...]) -> Tensor:
     memory (its dtype and shape, as training will see them); for a shard stream, uniform noise
     of the data's shape, so that only the training stream reads the shards (each rank reads
     each example of an epoch once)."""
-    from .datastream import draw
+    from .datastream import draw, is_stream
 
-    if hasattr(dataset, "set_epoch"):
+    if is_stream(dataset):
         return torch.rand(2, *shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
     return draw(dataset, 2, torch.Generator().manual_seed(0))
 

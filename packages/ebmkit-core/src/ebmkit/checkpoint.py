@@ -461,7 +461,8 @@ def step_dir_name(step: int) -> str:
 
 def validate_state_info(path: Path, info: Any) -> dict[str, Any]:
     """``state.json``: ``step`` (int >= 0), ``world_size`` (int >= 1), ``optimizer``
-    (``param_groups``: a list of tables, ``scalars``: a table)."""
+    (``param_groups``: a list of tables, ``scalars``: a table), optional ``callbacks`` (tables)
+    and ``compute`` (non-negative numbers)."""
     def bad(field, problem):
         return CheckpointError(f"{path}: field '{field}' {problem}; this checkpoint is damaged "
                                "(resume picks an older complete one, if any)")
@@ -487,6 +488,10 @@ def validate_state_info(path: Path, info: Any) -> dict[str, Any]:
     cbs = info.get("callbacks", {})
     if not (isinstance(cbs, dict) and all(isinstance(v, dict) for v in cbs.values())):
         raise bad("callbacks", "must be a JSON object of callback states")
+    compute = info.get("compute", {})
+    if not (isinstance(compute, dict) and all(type(v) in (int, float) and v >= 0
+                                              for v in compute.values())):
+        raise bad("compute", "must be a JSON object of non-negative numbers")
     for key in opt.get("scalars", {}):
         parts = key.split(".", 2)
         if len(parts) != 3 or parts[0] != "optim" or not parts[1].isdigit():
@@ -670,6 +675,7 @@ class TrainingState(Protocol):
     config: Any  # to_dict(): the run document
     shape: tuple[int, ...]
     step: int
+    compute: dict[str, float]  # the compute spent so far (grad_evals, image_steps, cpu_total)
     callbacks: list[Any]  # each with state_key, state_dict(), load_state_dict()
 
     @property
@@ -819,7 +825,8 @@ class CheckpointManager:
             save_energy(d / MODEL, run.energy, doc=run.config.to_dict(), step=run.step,
                         shape=run.shape, fault="save-model", inject=inject)
             inject("save-model")
-            info = {"step": run.step, "world_size": run.world_size, "optimizer": opt_rest}
+            info = {"step": run.step, "world_size": run.world_size, "optimizer": opt_rest,
+                    "compute": dict(run.compute)}
             if cb_json:
                 info["callbacks"] = cb_json
             (d / STATE_JSON).write_text(json.dumps(info), encoding="utf-8")
@@ -890,6 +897,9 @@ class CheckpointManager:
         except (KeyError, RuntimeError, TypeError) as exc:
             raise CheckpointError(f"{rank_file}: the random-number state is missing or damaged "
                                   f"({exc})") from None
+        compute = info.get("compute")
+        if isinstance(compute, dict):  # checkpoints before ebmkit 0.2 count from the resume
+            run.compute.update({k: v for k, v in compute.items() if isinstance(v, (int, float))})
         saved = info.get("callbacks") or {}
         for key, cb in _callback_keys(run.callbacks):
             prefix = f"cb.{key}."

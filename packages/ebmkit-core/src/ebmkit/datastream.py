@@ -123,13 +123,19 @@ def batch_stream(dataset, batch_size: int, *, generator: torch.Generator,
         epoch, skip = epoch + 1, 0
 
 
+def is_stream(dataset) -> bool:
+    """Whether ``dataset`` is an iterable stream with an epoch hook (a shard stream:
+    ``set_epoch``), which only the training loop should read."""
+    return hasattr(dataset, "set_epoch")
+
+
 def draw(dataset, n: int, generator: torch.Generator) -> Tensor:
     """``n`` data examples (to fill a persistent buffer, for instance)."""
     x = tensor_of(dataset)
     if x is not None:
         return x[torch.randint(0, len(x), (n,), generator=generator)]
     out, got = [], 0
-    if hasattr(dataset, "set_epoch"):  # a shard stream: read this rank's shards, epoch after epoch
+    if is_stream(dataset):  # a shard stream: read this rank's shards, epoch after epoch
         ds = copy.copy(dataset)
         ds.batch_size = 1
         for epoch in itertools.count():

@@ -13,8 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+#: ``grad_evals`` (cumulative energy-gradient evaluations in examples: chains + loss passes),
+#: ``image_steps`` (cumulative chain steps × chains), ``cpu_sec`` (process CPU seconds of the
+#: iteration) and ``cpu_total`` (cumulative): the compute axis, independent of the wall clock.
 COLUMNS = ("iter", "d_t", "v_t", "r_t", "e_pos", "e_neg", "accept", "lr", "steps",
-           "data_noise", "sec")
+           "data_noise", "sec", "cpu_sec", "grad_evals", "image_steps", "cpu_total")
 
 
 class CSVLog:

@@ -199,6 +199,13 @@ class Sampler(Component):
     def temperature(self) -> float:
         return float(getattr(self.config, "temperature", 1.0))
 
+    def gradient_evals(self, steps: int) -> int:
+        """Energy-gradient evaluations per chain of a ``steps``-step :meth:`run`: the trainer's
+        compute axis (``grad_evals`` in ``diagnostics.csv``). The default, ``steps + 1``, is one
+        at the start (:meth:`init`) and one per step; samplers that take more per step (HMC's
+        leapfrogs) or fewer (Langevin's fused loop) say so."""
+        return int(steps) + 1
+
     @property
     def default_steps(self) -> int:
         return int(getattr(self.config, "steps", 100))
@@ -514,6 +521,9 @@ class ObjectiveOutput:
     u_pos: Tensor
     u_neg: Tensor
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: Examples passed forward and backward through the energy by the objective (the compute
+    #: axis); ``None``: one pass over ``x_pos`` and ``x_neg`` (``len(x_pos) + len(x_neg)``).
+    grad_evals: int | None = None
 
 
 class Objective(Component):

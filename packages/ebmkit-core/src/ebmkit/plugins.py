@@ -499,8 +499,8 @@ def plugin_in_traceback(exc: BaseException, pm: pluggy.PluginManager) -> str | N
     for frame in reversed(traceback.extract_tb(exc.__traceback__)):
         for root, name in roots:
             if frame.filename.startswith(root):
-                info = getattr(pm, "ebmkit_plugin_info", {}).get(name)
-                dist = " ".join(x for x in (getattr(info, "dist", ""), getattr(info, "version", "")) if x)
+                info: PluginInfo | None = getattr(pm, "ebmkit_plugin_info", {}).get(name)
+                dist = " ".join(x for x in (info.dist, info.version) if x) if info else ""
                 return f"plugin '{name}' ({dist or 'local'})"
     return None
 

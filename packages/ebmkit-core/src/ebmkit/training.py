@@ -205,6 +205,9 @@ class StepOutput:
     chain: ChainResult
     steps: int
     metrics: dict[str, Any] = field(default_factory=dict)  # the objective's own scalars
+    #: energy-gradient evaluations of this step, in examples: the chains' (``n ·
+    #: sampler.gradient_evals(K)``) plus the objective's passes (the compute axis)
+    grad_evals: int = 0
 
 
 def train_step(
@@ -270,9 +273,11 @@ def train_step(
     optimizer.step()
     initializer.update(x_neg)
     metrics = {k: (v.detach() if isinstance(v, Tensor) else v) for k, v in res.metrics.items()}
+    k = chain.steps if steps is None else int(steps)
+    loss_evals = res.grad_evals if res.grad_evals is not None else x_pos.shape[0] + x_neg.shape[0]
     return StepOutput(loss=loss.detach(), u_pos=u_pos.detach(), u_neg=u_neg.detach(),
-                      x_pos=x_pos, x_neg=x_neg, chain=chain,
-                      steps=chain.steps if steps is None else int(steps), metrics=metrics)
+                      x_pos=x_pos, x_neg=x_neg, chain=chain, steps=k, metrics=metrics,
+                      grad_evals=n * sampler.gradient_evals(k) + int(loss_evals))
 
 
 def default_objective() -> Objective:
@@ -309,6 +314,10 @@ class Run:
     step: int = 0  # iterations completed
     start_step: int = 0
     row: dict[str, Any] = field(default_factory=dict)  # the last iteration's diagnostics
+    #: the compute spent so far, over all processes (saved in each checkpoint): energy-gradient
+    #: evaluations in examples, chain steps times chains, process CPU seconds
+    compute: dict[str, float] = field(
+        default_factory=lambda: {"grad_evals": 0, "image_steps": 0, "cpu_total": 0.0})
     x_neg: Tensor | None = None
     stop: bool = False
     completed: bool = False
@@ -501,6 +510,7 @@ def run_loop(run: Run, callbacks: Sequence[LoopCallback], *, energy_ddp: nn.Modu
     with StopOnSignal(enabled=handle_signals) as signals:
         try:
             t_last = time.perf_counter()
+            cpu_last = time.process_time()
             for it in range(run.step, cfg.iterations):
                 if stop_after is not None and it - run.start_step >= stop_after:
                     break
@@ -533,12 +543,21 @@ def run_loop(run: Run, callbacks: Sequence[LoopCallback], *, energy_ddp: nn.Modu
                 if run.world_size > 1:
                     stats = acc.reduce(stats, reduction="mean")
                 d_t, v_t, e_pos, e_neg, accept, sig, *more = stats.tolist()
-                now = time.perf_counter()
+                now, cpu_now = time.perf_counter(), time.process_time()
+                cpu = (cpu_now - cpu_last) * run.world_size  # the main process's, for all
+                cpu_last = cpu_now
+                total = run.compute
+                total["grad_evals"] += out.grad_evals * run.world_size
+                total["image_steps"] += cfg.batch_size * k * run.world_size
+                total["cpu_total"] += cpu
                 run.row = {"iter": it + 1, "d_t": d_t, "v_t": v_t,
                            "r_t": grad_coef * v_t if grad_coef is not None else None,
                            "e_pos": e_pos, "e_neg": e_neg,
                            "accept": None if math.isnan(accept) else accept, "lr": lr, "steps": k,
-                           "data_noise": sigma, "sec": now - t_last, **dict(zip(extra, more, strict=True))}
+                           "data_noise": sigma, "sec": now - t_last, "cpu_sec": cpu,
+                           "grad_evals": int(total["grad_evals"]),
+                           "image_steps": int(total["image_steps"]),
+                           "cpu_total": total["cpu_total"], **dict(zip(extra, more, strict=True))}
                 t_last = now
                 run.x_neg = out.x_neg
                 run.step = it + 1

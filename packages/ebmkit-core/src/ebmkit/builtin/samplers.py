@@ -177,6 +177,10 @@ class Langevin(Sampler):
         state.energy = state.energy.to(x0.dtype)
         return state
 
+    def gradient_evals(self, steps: int) -> int:
+        """K: the fused loop never computes the gradient at the final state."""
+        return int(steps)
+
     def run(self, energy: nn.Module, x0: Tensor, steps: int | None = None, *, generator=None,
             noise: bool = True, differentiable: bool = False, record: bool = False):
         """K steps with K gradient evaluations (the short-run paper's loop) and one final
@@ -417,6 +421,10 @@ class HMC(_Metropolis):
     name = "hmc"
     summary = "Hamiltonian Monte Carlo (leapfrog, Gaussian momentum, Metropolis test): L gradients per transition."
     Config = HMCConfig
+
+    def gradient_evals(self, steps: int) -> int:
+        """L per transition, plus one at the start."""
+        return int(steps) * int(self.config.leapfrog_steps) + 1
 
     def propose(self, energy, state, eps, generator, noise, differentiable):
         x, g, u_x = state.x, state.grad, state.energy
