@@ -432,6 +432,7 @@ def test_the_manager_keeps_the_newest_and_says_why_each_was_rejected(tmp_path, o
 
 def test_capacity_below_the_batch_is_refused_before_anything_is_written(tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(ConfigError, match="capacity") as e:
-        ebmkit.fit(**TOY_FIT, init={"name": "persistent", "capacity": 8}, out_dir=out)
+    with pytest.raises(ConfigError, match="initializer 'persistent' holds 8 chains but every "
+                                          "iteration needs train.batch_size = 16") as e:
+        ebmkit.fit(**TOY_FIT, init={"name": "persistent", "buffer_size": 8}, out_dir=out)
     assert "\n" not in str(e.value) and not out.exists()

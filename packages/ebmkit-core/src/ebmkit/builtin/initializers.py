@@ -139,8 +139,10 @@ class PersistentInit(Initializer):
         return Prior.of(self.config, self.shape)
 
     @property
-    def capacity(self) -> int | None:
-        return None if self.buffer is None else int(self.buffer.shape[0])
+    def capacity(self) -> int:
+        """The buffer's chains (``buffer_size`` before it is filled): known before training, so
+        a batch larger than the buffer is refused before anything is written."""
+        return int(self.config.buffer_size) if self.buffer is None else int(self.buffer.shape[0])
 
     def standalone(self) -> Initializer:
         """The saved chains when the buffer was restored (what the anatomy paper shows for
