@@ -45,6 +45,28 @@ def test_mnist5k_limit_and_shape():
     assert x.shape == (100, 3, 16, 16) and x.min() >= -1 and x.max() <= 1
 
 
+def test_mnist5k_held_out_split_is_fixed_disjoint_and_covers_every_class():
+    """data.heldout = N: a seeded split; the held-out digits are never trained on (the reference
+    of the FIDs in docs/recipes.md), each class is represented, ``all`` is the union."""
+    full = make(D.MNIST5k, resolution=28).open(split="all").tensors[0]
+    tr = make(D.MNIST5k, heldout=1000, resolution=28).open()
+    ho = make(D.MNIST5k, heldout=1000, resolution=28).open(split="heldout")
+    assert len(tr) == 4000 and len(ho) == 1000
+    key = {r.numpy().tobytes(): i for i, r in enumerate(full)}  # the images are unique
+    tr_i = {key[r.numpy().tobytes()] for r in tr.tensors[0]}
+    ho_i = {key[r.numpy().tobytes()] for r in ho.tensors[0]}
+    assert len(key) == 5000 and not tr_i & ho_i and tr_i | ho_i == set(range(5000))
+    assert torch.bincount(ho.tensors[1], minlength=10).min() >= 50  # ~100 per class
+    again = make(D.MNIST5k, heldout=1000, resolution=28).open(split="test").tensors[0]
+    other = make(D.MNIST5k, heldout=1000, split_seed=1, resolution=28).open(split="heldout").tensors[0]
+    assert torch.equal(again, ho.tensors[0]) and not torch.equal(other, ho.tensors[0])
+    assert torch.equal(make(D.MNIST5k, resolution=28).open().tensors[0], full)  # heldout = 0
+    with pytest.raises(DataError, match="no held-out part .* data.heldout"):
+        make(D.MNIST5k).open(split="heldout")
+    limited = make(D.MNIST5k, heldout=1000, limit=10, resolution=28).open().tensors[0]
+    assert torch.equal(limited, tr.tensors[0][:10])
+
+
 def test_photos_are_deterministic_random_crops():
     a = make(D.Photos, crops=20, resolution=16).open().tensors[0]
     b = make(D.Photos, crops=20, resolution=16).open().tensors[0]

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 
 
 def tensor_of(dataset) -> Tensor | None:
@@ -154,3 +154,37 @@ def draw(dataset, n: int, generator: torch.Generator) -> Tensor:
         if got >= n:
             break
     return torch.cat(out)[:n]
+
+
+#: The parts a data set with a held-out split opens (``open(split=...)``), and their aliases.
+SPLITS = ("train", "heldout", "all")
+SPLIT_ALIASES = {"test": "heldout", "val": "heldout", "valid": "heldout", "validation": "heldout"}
+
+
+def split_indices(n: int, heldout: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Fixed (train, held-out) index sets: a seeded permutation, the first ``heldout`` held out."""
+    if not 0 < heldout < n:
+        raise ConfigError(f"data.heldout must be in [1, {n - 1}], got {heldout}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[heldout:].sort().values, perm[:heldout].sort().values
+
+
+def split_part(tensors: tuple[Tensor, ...], split: str, *, default: str, heldout: int, seed: int,
+               name: str) -> tuple[Tensor, ...]:
+    """The part ``split`` (``train``, ``heldout`` or ``all``; ``test``/``val`` mean ``heldout``)
+    of a data set held in memory, by the fixed split of :func:`split_indices`. ``train`` is what
+    a run trains on: the ``default`` part (the dataset's ``data.split``). ``heldout = 0`` means
+    no held-out part: ``train`` is everything and ``heldout`` is refused in one line."""
+    split = SPLIT_ALIASES.get(split, split)
+    if split not in SPLITS:
+        raise DataError(f"dataset '{name}' has splits {', '.join(SPLITS)}, not '{split}'")
+    if split == "train":
+        split = SPLIT_ALIASES.get(default, default)
+    if split == "all" or (heldout == 0 and split == "train"):
+        return tensors
+    if heldout == 0:
+        raise DataError(f"dataset '{name}' has no held-out part (data.heldout = 0); set "
+                        f"data.heldout (e.g. --set data.heldout=1000) to hold digits out of training")
+    tr, ho = split_indices(len(tensors[0]), heldout, seed)
+    idx = tr if split == "train" else ho
+    return tuple(t[idx] for t in tensors)

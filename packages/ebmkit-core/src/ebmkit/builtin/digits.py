@@ -26,15 +26,14 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
-from ..errors import ConfigError, DataError, require
+from ..datastream import SPLITS, split_part
+from ..errors import ConfigError, require
 from ..hookspecs import hookimpl
 from ..images import save_grid
 from ..interfaces import DataSource, EvalResult, Evaluator
 from ..params import param
 
 INSTALL = 'pip install "ebmkit-core[digits]"'
-SPLITS = ("train", "heldout", "all")
-SPLIT_ALIASES = {"test": "heldout", "val": "heldout", "valid": "heldout", "validation": "heldout"}
 
 
 def _sklearn(what: str, submodule: str):
@@ -66,14 +65,6 @@ def _load_digits8() -> tuple[Tensor, Tensor]:
     return x / 8.0 - 1.0, torch.from_numpy(np.asarray(d.target, dtype=np.int64))
 
 
-def split_indices(n: int, heldout: int, seed: int) -> tuple[Tensor, Tensor]:
-    """Fixed (train, held-out) index sets: a seeded permutation, the first ``heldout`` held out."""
-    if not 0 < heldout < n:
-        raise ConfigError(f"data.heldout must be in [1, {n - 1}], got {heldout}")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return perm[heldout:].sort().values, perm[:heldout].sort().values
-
-
 class Digits8(DataSource):
     name = "digits8"
     summary = ("1,797 real 8x8 handwritten digits shipped in scikit-learn (UCI, CC BY 4.0), "
@@ -85,16 +76,8 @@ class Digits8(DataSource):
         return (1, 8, 8)
 
     def open(self, *, split: str = "train"):
-        split = SPLIT_ALIASES.get(split, split)
-        if split not in SPLITS:
-            raise DataError(f"dataset 'digits8' has splits {', '.join(SPLITS)}, not '{split}'")
-        if split == "train":
-            split = self.config.split
-        x, y = load_digits8()
-        if split != "all":
-            tr, ho = split_indices(len(x), self.config.heldout, self.config.split_seed)
-            idx = tr if split == "train" else ho
-            x, y = x[idx], y[idx]
+        x, y = split_part(load_digits8(), split, default=self.config.split, heldout=self.config.heldout,
+                          seed=self.config.split_seed, name="digits8")
         return TensorDataset(x, y)
 
 
