@@ -69,3 +69,24 @@ def test_an_objective_reports_its_own_passes(one_thread):
                objective=Twice(None),
                callbacks=[ebmkit.LambdaCallback(on_log=lambda run, m, step: seen.append(m["grad_evals"]))])
     assert seen == [16 * 5 + 48, 2 * (16 * 5 + 48)]
+
+
+def test_a_cpu_budget_ends_the_run_like_a_completed_one(tmp_path, one_thread):
+    out = tmp_path / "run"
+    ebm = ebmkit.fit(**{**TOY, "iterations": 10_000}, sampler={"name": "langevin", "steps": 5},
+                     out_dir=out, cpu_budget=0.3)
+    rows = _rows(out)
+    totals = [float(r["cpu_total"]) for r in rows]
+    assert ebm.completed and ebm.step == len(rows) < 10_000
+    assert totals[-1] >= 0.3 > totals[-2]  # stopped at the first iteration past the budget
+    assert ebmkit.CheckpointManager(out).latest_step() == ebm.step  # the final checkpoint
+
+
+def test_a_time_budget_stops_and_a_resume_gets_a_new_one(tmp_path, one_thread):
+    out = tmp_path / "run"
+    ebm = ebmkit.fit(**{**TOY, "iterations": 10_000}, sampler={"name": "langevin", "steps": 5},
+                     out_dir=out, time_budget=0.2)
+    first = ebm.step
+    assert ebm.completed and 0 < first < 10_000
+    again = ebmkit.fit(out_dir=out, resume=True, time_budget=0.2)
+    assert again.completed and again.step > first

@@ -55,7 +55,7 @@ from .training import Run, make_optimizer, pick_device, run_loop
 #: ``train.*`` keys a resumed run may change (the rest would change what it learns).
 RESUMABLE = frozenset({"iterations", "sample_every", "checkpoint_every", "log_every", "plots",
                        "grid_size", "device", "sample_steps", "tensorboard", "keep", "threads",
-                       "precision", "trackers"})
+                       "precision", "trackers", "time_budget", "cpu_budget"})
 _KINDS = {"energy": "energy", "sampler": "sampler", "init": "initializer", "data": "dataset",
           "objective": "objective"}
 

@@ -46,6 +46,11 @@ DEFAULT_DOC: dict[str, dict[str, Any]] = {
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     iterations: int = param(1000, "Parameter updates (learning iterations).", min=0)
+    time_budget: float = param(0.0, "Stop after this many wall-clock seconds of training (then "
+                               "finish like a completed run: checkpoint, samples, plots); 0 = off.",
+                               min=0.0)
+    cpu_budget: float = param(0.0, "Stop after this many process CPU seconds (cpu_total in "
+                              "diagnostics.csv: all threads and processes); 0 = off.", min=0.0)
     batch_size: int = param(64, "Data batch size m; also the number of chains per update (per process).", min=1)
     optimizer: str = param("adam", "adam (non-convergent ML) or sgd (convergent ML).", choices=("adam", "sgd"))
     lr: float = param(1e-4, "Learning rate (gamma; gamma_0 when convergent = true).", min=0.0, min_exclusive=True)

@@ -325,6 +325,7 @@ class Run:
     interrupted: int = 0  # the signal (SIGINT 2, SIGTERM 15) that stopped the run, if any
     saved: Path | None = None  # the last checkpoint a callback committed
     precision: str = "fp32"  # what train.precision resolved to on this device (set by run_loop)
+    budget_reached: bool = False  # train.time_budget / cpu_budget ended the run (it is completed)
     say: Callable[[str], None] = field(default=lambda msg: None, repr=False)  # one-line notices
     objective: Objective | None = None  # the loss (None: the built-in ml)
     checkpoints: Any = None  # the run directory's CheckpointManager (None: in memory)
@@ -451,6 +452,15 @@ def _call(run: Run, cb: Any, method: str, *args: Any) -> None:
                             f"{describe_exception(exc)}") from exc
 
 
+def _over_budget(cfg: Any, run: Run, wall: float) -> bool:
+    """``train.time_budget`` (wall seconds of this call) / ``train.cpu_budget`` (the run's
+    cumulative CPU seconds, resumes included) reached: the same on every process (the CPU total
+    is the main process's, times the world size, kept in step by the reduced row)."""
+    if cfg.time_budget and wall >= cfg.time_budget:
+        return True
+    return bool(cfg.cpu_budget and run.compute["cpu_total"] >= cfg.cpu_budget)
+
+
 def run_loop(run: Run, callbacks: Sequence[LoopCallback], *, energy_ddp: nn.Module | None = None,
              stop_after: int | None = None, handle_signals: bool = True) -> Run:
     """Train ``run`` from ``run.step`` to ``train.iterations``, calling the callbacks.
@@ -509,8 +519,9 @@ def run_loop(run: Run, callbacks: Sequence[LoopCallback], *, energy_ddp: nn.Modu
     precision = run.precision
     with StopOnSignal(enabled=handle_signals) as signals:
         try:
-            t_last = time.perf_counter()
+            t_start = t_last = time.perf_counter()
             cpu_last = time.process_time()
+            over = False  # this process reached train.time_budget / cpu_budget
             for it in range(run.step, cfg.iterations):
                 if stop_after is not None and it - run.start_step >= stop_after:
                     break
@@ -536,13 +547,14 @@ def run_loop(run: Run, callbacks: Sequence[LoopCallback], *, energy_ddp: nn.Modu
                 extra = sorted(out.metrics)
                 vals = [out.u_pos.mean() - out.u_neg.mean(), out.chain.grad_norm.float(),
                         out.u_pos.mean(), out.u_neg.mean(), a,
-                        torch.tensor(float(signals.signum), device=device)]
+                        torch.tensor(float(signals.signum), device=device),
+                        torch.tensor(float(over), device=device)]
                 vals += [torch.as_tensor(out.metrics[key], device=device).float().reshape(())
                          for key in extra]
                 stats = torch.stack(vals)
                 if run.world_size > 1:
                     stats = acc.reduce(stats, reduction="mean")
-                d_t, v_t, e_pos, e_neg, accept, sig, *more = stats.tolist()
+                d_t, v_t, e_pos, e_neg, accept, sig, budget, *more = stats.tolist()
                 now, cpu_now = time.perf_counter(), time.process_time()
                 cpu = (cpu_now - cpu_last) * run.world_size  # the main process's, for all
                 cpu_last = cpu_now
@@ -574,8 +586,14 @@ def run_loop(run: Run, callbacks: Sequence[LoopCallback], *, energy_ddp: nn.Modu
                     break
                 if run.stop:
                     break
-            run.completed = (run.step >= cfg.iterations and not run.interrupted
-                             and run.failed is None)
+                # a budget ends the run; with several processes, one iteration after any of
+                # them reached it (its flag rides along the next reduced row), so all stop together
+                over = _over_budget(cfg, run, now - t_start)
+                if over if run.world_size == 1 else budget > 0:
+                    run.budget_reached = True
+                    break
+            run.completed = ((run.step >= cfg.iterations or run.budget_reached)
+                             and not run.interrupted and run.failed is None)
         finally:
             for cb in run.callbacks:
                 try:
