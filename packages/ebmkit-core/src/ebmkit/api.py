@@ -11,6 +11,7 @@ functions; everything they do is reachable from Python with objects instead of s
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -407,8 +408,9 @@ def _train(cfg: RunConfig, objects: dict[str, Any], out: Path | None, callbacks:
             run_loop(run, callbacks, energy_ddp=energy_ddp, stop_after=stop_after)
     finally:
         torch.set_num_threads(threads)
-    model = run.energy
-    model.eval()  # as ebmkit.load returns it: energies of a fitted and a loaded model agree
+    for module in (run.energy, run.ema):
+        if module is not None:
+            module.eval()  # as ebmkit.load returns it: energies of a fitted and a loaded model agree
     ebm = run.model()
     ebm.out_dir, ebm.last, ebm.completed = out, dict(run.row), run.completed
     if run.interrupted:
@@ -483,6 +485,7 @@ def _build_run(cfg: RunConfig, objects: dict[str, Any], out: Path | None, *, res
         resume=resume, objective=objective, labels=bool(objective.needs_labels),
         checkpoints=(ckpt.CheckpointManager(out, keep=tc.keep, fault=ckpt.KillAt.from_environment())
                      if out is not None else None),
+        ema=copy.deepcopy(model).requires_grad_(False) if tc.ema > 0 else None,
     )
     return run, energy_ddp
 

@@ -675,6 +675,7 @@ class TrainingState(Protocol):
     config: Any  # to_dict(): the run document
     shape: tuple[int, ...]
     step: int
+    ema: torch.nn.Module | None  # the moving average of the weights (train.ema), if any
     compute: dict[str, float]  # the compute spent so far (grad_evals, image_steps, cpu_total)
     callbacks: list[Any]  # each with state_key, state_dict(), load_state_dict()
 
@@ -799,6 +800,9 @@ class CheckpointManager:
         tensors = dict(opt_tensors)
         for k, v in run.initializer.state_dict().items():
             tensors[f"init.{k}"] = v
+        if run.ema is not None:  # the published model is the average; resume needs the raw weights
+            for k, v in run.energy.state_dict().items():
+                tensors[f"raw.{k}"] = v.detach()
         tensors["rng.chain"] = run.generator.get_state().clone()
         tensors["rng.data"] = run.data_generator.get_state().clone()
         cb_json: dict[str, Any] = {}
@@ -822,7 +826,8 @@ class CheckpointManager:
             write_tensors(d / f"rank{run.rank}.safetensors", tensors, state_meta(run.step))
 
         def write_main(d: Path) -> None:
-            save_energy(d / MODEL, run.energy, doc=run.config.to_dict(), step=run.step,
+            published = run.ema if run.ema is not None else run.energy
+            save_energy(d / MODEL, published, doc=run.config.to_dict(), step=run.step,
                         shape=run.shape, fault="save-model", inject=inject)
             inject("save-model")
             info = {"step": run.step, "world_size": run.world_size, "optimizer": opt_rest,
@@ -877,8 +882,20 @@ class CheckpointManager:
                 f"{where} was saved by {info.get('world_size')} process(es); resume it with the "
                 f"same number (got {run.world_size}) so each rank gets its own persistent chains back")
         step = info["step"]
-        load_weights(model_path or where / MODEL, run.energy)
         tensors = load_state(rank_file, step=step)
+        if run.ema is not None:
+            raw = {k[4:]: v for k, v in tensors.items() if k.startswith("raw.")}
+            if not raw:
+                raise CheckpointError(f"{where} holds no raw weights beside the averaged model; "
+                                      "was it saved with train.ema = 0?")
+            load_weights(model_path or where / MODEL, run.ema)
+            try:
+                run.energy.load_state_dict(raw)
+            except RuntimeError as exc:
+                raise CheckpointError(f"{rank_file}: the raw weights do not fit the energy "
+                                      f"({str(exc).splitlines()[0]})") from None
+        else:
+            load_weights(model_path or where / MODEL, run.energy)
         try:
             run.optimizer.load_state_dict(unflatten_optimizer(tensors, info["optimizer"]))
         except (ValueError, KeyError, IndexError, RuntimeError) as exc:

@@ -57,6 +57,11 @@ class TrainConfig:
     betas: tuple[float, ...] = param((0.9, 0.999), "Adam betas.")
     momentum: float = param(0.0, "SGD momentum (convergent ML: 0).", min=0.0, max=1.0)
     weight_decay: float = param(0.0, "Weight decay (off in the papers).", min=0.0)
+    ema: float = param(0.0, "Decay of an exponential moving average of the energy's weights "
+                       "(e.g. 0.999; IGEBM, Du & Mordatch 2019; DRL, Gao et al. 2021): samples, "
+                       "evaluations and model.safetensors use the average, the training chains "
+                       "the raw weights; warm-up min(ema, (1+t)/(10+t)). 0 = off.",
+                       min=0.0, max=1.0)
     lr_schedule: str = param("constant", "constant, exponential (lr *= lr_decay every lr_decay_every iters) or step.",
                              choices=("constant", "exponential", "step"))
     lr_decay: float = param(1.0, "Decay factor of the exponential/step schedule.", min=0.0, max=1.0,

@@ -326,6 +326,8 @@ class Run:
     saved: Path | None = None  # the last checkpoint a callback committed
     precision: str = "fp32"  # what train.precision resolved to on this device (set by run_loop)
     budget_reached: bool = False  # train.time_budget / cpu_budget ended the run (it is completed)
+    #: the moving average of the energy's weights (``train.ema > 0``), else ``None``
+    ema: nn.Module | None = None
     say: Callable[[str], None] = field(default=lambda msg: None, repr=False)  # one-line notices
     objective: Objective | None = None  # the loss (None: the built-in ml)
     checkpoints: Any = None  # the run directory's CheckpointManager (None: in memory)
@@ -364,8 +366,9 @@ class Run:
         return self.accelerator.device
 
     def model(self) -> EBM:
-        """The model as trained so far (shares the energy; standalone chain starts)."""
-        return EBM(self.energy, self.sampler, self.initializer, shape=self.shape,
+        """The model as trained so far (shares the energy — its moving average when
+        ``train.ema`` is on —; standalone chain starts)."""
+        return EBM(self.ema if self.ema is not None else self.energy, self.sampler, self.initializer, shape=self.shape,
                    steps=sampling_steps(self.sampler, self.config.sample_steps),
                    config=self.config, step=self.step, registry=self.config.registry)
 
@@ -450,6 +453,17 @@ def _call(run: Run, cb: Any, method: str, *args: Any) -> None:
         where = f" at iteration {run.step}" if run.step else ""
         raise CallbackError(f"{_describe_callback(run, cb)} failed in {method}{where}: "
                             f"{describe_exception(exc)}") from exc
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, energy: nn.Module, decay: float, it: int) -> None:
+    """``ema ← d·ema + (1 − d)·energy`` for the parameters (buffers copied), with the warm-up
+    ``d = min(decay, (1 + it)/(10 + it))`` so the average forgets the initial weights."""
+    d = min(decay, (1 + it) / (10 + it))
+    for a, p in zip(ema.parameters(), energy.parameters(), strict=True):
+        a.lerp_(p.detach(), 1.0 - d)
+    for a, b in zip(ema.buffers(), energy.buffers(), strict=True):
+        a.copy_(b)
 
 
 def _over_budget(cfg: Any, run: Run, wall: float) -> bool:
@@ -540,6 +554,8 @@ def run_loop(run: Run, callbacks: Sequence[LoopCallback], *, energy_ddp: nn.Modu
                                  generator=run.generator, n_chains=cfg.batch_size, forward=fwd,
                                  backward=acc.backward, autocast=acc.autocast(),
                                  precision=precision, objective=run.objective, labels=y)
+                if run.ema is not None:
+                    update_ema(run.ema, run.energy, cfg.ema, it)
                 # diagnostics: one host sync per iteration, averaged over processes; the signal
                 # flag rides along so every rank stops after the same iteration
                 a = out.chain.accept_rate
