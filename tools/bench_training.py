@@ -260,9 +260,9 @@ def main() -> None:
     device = args.device
     cuda = device.startswith("cuda")
 
-    from ebmkit.builtin.datasets import ImageConfig, MNIST5k
+    from ebmkit.builtin.datasets import MNIST5k
 
-    data = MNIST5k(ImageConfig(resolution=32, channels=1, limit=1000)).open().tensors[0]
+    data = MNIST5k(MNIST5k.Config(resolution=32, channels=1, limit=1000)).open().tensors[0]
     n = args.warmup + args.iters
     base_name = "paper loop (fp32)"
     variants = {base_name: ("fp32", paper_worker, dict(data=data))}

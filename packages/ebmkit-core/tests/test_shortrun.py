@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 from ebmkit import EBM, Energy, param
-from ebmkit.builtin.datasets import ImageConfig, MNIST5k
+from ebmkit.builtin.datasets import MNIST5k
 from ebmkit.builtin.generator import (
     FlowConfig,
     FlowLikelihood,
@@ -54,7 +54,7 @@ def model(shape, *, a=1.0, coef=0.1, steps=5):
 
 
 def digits(res=8, n=64):
-    return Digits8(ImageConfig(resolution=res, channels=1, limit=n))
+    return Digits8(Digits8.Config(resolution=res, channels=1, limit=n))
 
 
 def test_interpolation_strip_and_linearity(tmp_path):
