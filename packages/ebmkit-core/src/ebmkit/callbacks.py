@@ -192,6 +192,9 @@ class TimeEstimate(Callback):
         sec = float(run.row.get("sec") or 0.0)
         left = run.train.iterations - run.step
         total = sec * left
+        budgets = [b for b in (run.train.time_budget, run.train.cpu_budget) if b]
+        if budgets and min(budgets) <= self.warn_after:  # a budget ends it sooner
+            return
         if total > self.warn_after:
             run.say(f"note: about {_duration(sec)} per iteration here, so the {left} iterations "
                     f"left take about {_duration(total)}; for a quick look use --preset quick or "
