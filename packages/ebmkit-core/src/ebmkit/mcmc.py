@@ -33,6 +33,7 @@ The helpers below implement both rules; a sampler that draws only through them f
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -41,7 +42,8 @@ from torch import Tensor, nn
 
 __all__ = [
     "MEMORY_FORMATS", "ChainResult", "ChainState", "ChainStats", "StepInfo", "chain_grad_norm",
-    "chain_layout_for", "chain_sum", "energy_and_grad", "frozen", "memory_format_of",
+    "chain_layout_for", "chain_sum", "dual_averaging_state", "dual_averaging_update",
+    "energy_and_grad", "frozen", "memory_format_of",
     "rand_chains", "rand_like_on", "randn_like_on", "restore_layout",
 ]
 
@@ -282,3 +284,40 @@ def restore_layout(x: Tensor, like: Tensor) -> Tensor:
     caller in the layout of its ``x0``."""
     fmt = memory_format_of(like)
     return x if memory_format_of(x) == fmt else x.contiguous(memory_format=fmt)
+
+
+# --------------------------------------------------------------------------------------------
+# step-size adaptation
+# --------------------------------------------------------------------------------------------
+#: Dual-averaging constants (Hoffman & Gelman 2014, Alg. 5): γ, t₀, κ (shrinkage to log 10·ε₀).
+DA_GAMMA, DA_T0, DA_KAPPA = 0.05, 10.0, 0.75
+
+
+def dual_averaging_state(step_size: float, device: torch.device | str) -> dict[str, Tensor]:
+    """The ``ChainState.extra`` entries of dual-averaging step-size adaptation, started at
+    ``step_size`` (scalars on ``device``: updated without a host sync)."""
+    z = dict(device=device, dtype=torch.float32)
+    return {"step_size": torch.tensor(float(step_size), **z), "da_m": torch.zeros((), **z),
+            "da_hbar": torch.zeros((), **z), "da_log_eps_bar": torch.zeros((), **z),
+            "da_mu": torch.tensor(math.log(10 * float(step_size)), **z)}
+
+
+def dual_averaging_update(extra: dict[str, Tensor], accept_prob: Tensor, *, target: float,
+                          warmup: int) -> None:
+    """One dual-averaging update of ``extra["step_size"]`` towards the mean acceptance
+    ``target`` (Hoffman & Gelman 2014, Alg. 5), in place and on the device, during the first
+    ``warmup`` updates only; afterwards the step size is frozen at the averaged iterate ``ε̄``."""
+    m_old = extra["da_m"]
+    active = m_old < warmup
+    m = m_old + 1
+    alpha = accept_prob.float().mean()
+    w = 1.0 / (m + DA_T0)
+    hbar = (1 - w) * extra["da_hbar"] + w * (float(target) - alpha)
+    log_eps = extra["da_mu"] - m.sqrt() / DA_GAMMA * hbar
+    mk = m.pow(-DA_KAPPA)
+    log_eps_bar = mk * log_eps + (1 - mk) * extra["da_log_eps_bar"]
+    eps = torch.where(m >= warmup, log_eps_bar, log_eps).exp()
+    extra["da_m"] = torch.where(active, m, m_old)
+    extra["da_hbar"] = torch.where(active, hbar, extra["da_hbar"])
+    extra["da_log_eps_bar"] = torch.where(active, log_eps_bar, extra["da_log_eps_bar"])
+    extra["step_size"] = torch.where(active, eps, extra["step_size"])

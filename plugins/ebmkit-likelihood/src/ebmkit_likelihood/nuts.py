@@ -67,6 +67,8 @@ from ebmkit.mcmc import (
     StepInfo,
     chain_grad_norm,
     chain_sum,
+    dual_averaging_state,
+    dual_averaging_update,
     energy_and_grad,
     rand_chains,
     randn_like_on,
@@ -74,8 +76,6 @@ from ebmkit.mcmc import (
 from ebmkit.params import param
 from torch import Tensor, nn
 
-#: Dual-averaging constants (Hoffman & Gelman 2014), the built-in MALA/HMC's: γ, t₀, κ.
-DA_GAMMA, DA_T0, DA_KAPPA = 0.05, 10.0, 0.75
 #: A leapfrog step whose energy error H − H₀ exceeds this is a divergence (Stan's max_deltaH).
 MAX_ENERGY_ERROR = 1000.0
 
@@ -223,15 +223,7 @@ class NUTS(Sampler):
         b = x0.shape[0]
         state.extra["grad_evals"] = torch.ones(b, dtype=torch.int64, device=x0.device)
         if self.warmup_steps > 0:
-            eps0 = float(self.config.step_size)
-            z = dict(device=x0.device, dtype=torch.float32)
-            state.extra.update(
-                step_size=torch.tensor(eps0, **z),
-                da_m=torch.zeros((), **z),
-                da_hbar=torch.zeros((), **z),
-                da_log_eps_bar=torch.zeros((), **z),
-                da_mu=torch.tensor(math.log(10 * eps0), **z),
-            )
+            state.extra.update(dual_averaging_state(self.config.step_size, x0.device))
         return state
 
     # --- pieces ------------------------------------------------------------------------------
@@ -426,18 +418,5 @@ class NUTS(Sampler):
     def _adapt(self, extra: dict[str, Tensor], accept_stat: Tensor) -> None:
         """One dual-averaging update on the device (no host sync) during the warm-up (Hoffman &
         Gelman 2014, Alg. 5); afterwards the step size is frozen at the averaged iterate ε̄."""
-        m_old = extra["da_m"]
-        active = m_old < self.warmup_steps
-        m = m_old + 1
-        alpha = accept_stat.float().mean()
-        w = 1.0 / (m + DA_T0)
-        hbar = (1 - w) * extra["da_hbar"] + w * (float(self.config.target_accept) - alpha)
-        log_eps = extra["da_mu"] - m.sqrt() / DA_GAMMA * hbar
-        mk = m.pow(-DA_KAPPA)
-        log_eps_bar = mk * log_eps + (1 - mk) * extra["da_log_eps_bar"]
-        last = m >= self.warmup_steps
-        eps = torch.where(last, log_eps_bar, log_eps).exp()
-        extra["da_m"] = torch.where(active, m, m_old)
-        extra["da_hbar"] = torch.where(active, hbar, extra["da_hbar"])
-        extra["da_log_eps_bar"] = torch.where(active, log_eps_bar, extra["da_log_eps_bar"])
-        extra["step_size"] = torch.where(active, eps, extra["step_size"])
+        dual_averaging_update(extra, accept_stat, target=self.config.target_accept,
+                              warmup=self.warmup_steps)

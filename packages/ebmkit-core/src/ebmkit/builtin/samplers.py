@@ -31,6 +31,8 @@ from ..mcmc import (
     StepInfo,
     chain_grad_norm,
     chain_sum,
+    dual_averaging_state,
+    dual_averaging_update,
     energy_and_grad,
     frozen,
     rand_chains,
@@ -246,8 +248,6 @@ class Langevin(Sampler):
 # --------------------------------------------------------------------------------------------
 # Metropolis-adjusted samplers
 # --------------------------------------------------------------------------------------------
-#: Dual-averaging constants (Hoffman & Gelman 2014): shrinkage target log(10·ε₀), γ, t₀, κ.
-_DA_GAMMA, _DA_T0, _DA_KAPPA = 0.05, 10.0, 0.75
 #: An HMC proposal whose total energy rises by more than this is flagged divergent.
 _MAX_ENERGY_ERROR = 1000.0
 
@@ -270,15 +270,7 @@ class _Metropolis(Sampler):
     def init(self, energy: nn.Module, x0: Tensor, *, differentiable: bool = False) -> ChainState:
         state = super().init(energy, x0, differentiable=differentiable)
         if self.warmup_steps > 0:
-            eps0 = float(self.config.step_size)
-            z = dict(device=x0.device, dtype=torch.float32)
-            state.extra.update(
-                step_size=torch.tensor(eps0, **z),
-                da_m=torch.zeros((), **z),
-                da_hbar=torch.zeros((), **z),
-                da_log_eps_bar=torch.zeros((), **z),
-                da_mu=torch.tensor(math.log(10 * eps0), **z),
-            )
+            state.extra.update(dual_averaging_state(self.config.step_size, x0.device))
         return state
 
     def _step_size(self, state: ChainState, x: Tensor) -> float | Tensor:
@@ -321,21 +313,8 @@ class _Metropolis(Sampler):
     def _adapt(self, extra: dict[str, Tensor], accept_prob: Tensor) -> None:
         """One dual-averaging update on the device (no host sync), during the warm-up only;
         afterwards the step size is frozen at the averaged iterate ``ε̄``."""
-        m_old = extra["da_m"]
-        active = m_old < self.warmup_steps
-        m = m_old + 1
-        alpha = accept_prob.float().mean()
-        w = 1.0 / (m + _DA_T0)
-        hbar = (1 - w) * extra["da_hbar"] + w * (float(self.config.target_accept) - alpha)
-        log_eps = extra["da_mu"] - m.sqrt() / _DA_GAMMA * hbar
-        mk = m.pow(-_DA_KAPPA)
-        log_eps_bar = mk * log_eps + (1 - mk) * extra["da_log_eps_bar"]
-        last = m >= self.warmup_steps
-        eps = torch.where(last, log_eps_bar, log_eps).exp()
-        extra["da_m"] = torch.where(active, m, m_old)
-        extra["da_hbar"] = torch.where(active, hbar, extra["da_hbar"])
-        extra["da_log_eps_bar"] = torch.where(active, log_eps_bar, extra["da_log_eps_bar"])
-        extra["step_size"] = torch.where(active, eps, extra["step_size"])
+        dual_averaging_update(extra, accept_prob, target=self.config.target_accept,
+                              warmup=self.warmup_steps)
 
 
 def _mh_params(step_default: float, target: float, target_help: str) -> dict:
