@@ -447,3 +447,50 @@ def test_longrun_mixing_keys_need_enough_draws(one_thread):
     assert m["mixing_draws"] == 4 and {"ess_energy", "rhat_energy", "ess_per_draw"} <= set(m)
     assert not {"ess_proj_min", "rhat_proj_max"} & set(m)
     assert all(isinstance(v, (int, float)) for v in m.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# any sampler's run(record=True): ChainResult.mixing
+# ---------------------------------------------------------------------------------------------
+def test_recorded_run_reports_the_known_mixing_of_ula_on_a_bowl(one_thread):
+    """``Sampler.run(record=True)`` summarises the energies of the second half of its steps. ULA
+    with coefficient c on the bowl started at stationarity (x ~ N(0, I), the chain's own law up
+    to its O(c) discretisation: variance 1/(1 − c/2)) gives AR(1) coordinates with φ = 1 − c and
+    an energy with lag-k autocorrelation φ^(2k): bulk-ESS per draw (1 − ψ)/(1 + ψ), ψ = φ²."""
+    coef, steps, n = 0.5, 2000, 64
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randn(n, *SHAPE, generator=g) / math.sqrt(1 - coef / 2)
+    res = ula(coef).run(Bowl(BowlConfig(), SHAPE), x0, steps, generator=g, record=True)
+    m = res.mixing
+    assert m is not None and m["mixing_draws"] == steps // 2
+    s = steps // 2 * n
+    psi = (1 - coef) ** 2
+    true_e = (1 - psi) / (1 + psi)
+    assert abs(m["ess_per_draw"] / true_e - 1) < 5 * ess_rel_sd(psi, s), (m, true_e)
+    mean, sd = rhat_mean_sd(psi, steps // 2, n)
+    assert abs(m["rhat_energy"] - mean) < 5 * sd
+    # nothing without record, nor with fewer than MIN_DRAWS steps in the second half
+    assert ula(coef).run(Bowl(BowlConfig(), SHAPE), x0, 50, generator=g).mixing is None
+    assert ula(coef).run(Bowl(BowlConfig(), SHAPE), x0, 2 * MIN_DRAWS - 2, generator=g,
+                         record=True).mixing is None
+
+
+def test_recorded_run_flags_chains_stuck_in_different_wells(one_thread):
+    """Two Gaussian wells at ±3 in 64-D, half the chains in each; MALA never crosses the
+    barrier. A Gaussian well's energy has the same law whatever its curvature (U − min ~ χ²_D/2),
+    so the right well sits 20 nats higher: each chain's energy is stationary, but the two groups'
+    means differ by 20 against an sd of √(D/2) = 5.7, and split-R̂ of the energy is far above 1."""
+
+    class TwoWells(nn.Module):
+        def forward(self, x):
+            z = x.flatten(1)
+            left = 0.5 * (z + 3).pow(2).sum(1)
+            right = 2.0 * (z - 3).pow(2).sum(1) + 20.0
+            return torch.minimum(left, right)
+
+    g = torch.Generator().manual_seed(5)
+    n = 16
+    x0 = torch.cat([torch.full((n // 2, *SHAPE), -3.0), torch.full((n // 2, *SHAPE), 3.0)])
+    mala = MALA(MALAConfig(step_size=0.2, steps=400))
+    res = mala.run(TwoWells(), x0, 400, generator=g, record=True)
+    assert res.mixing is not None and res.mixing["rhat_energy"] > 1.5, res.mixing

@@ -242,3 +242,23 @@ def test_base_from_the_registry_and_around_an_instance(registry):
 def test_config_errors(registry, values, match):
     with pytest.raises(ConfigError, match=match):
         ParallelTempering(build(ParallelTemperingConfig, values), registry=registry)
+
+
+def test_recorded_run_reports_mixing_of_the_beta_one_chains():
+    """``run(record=True)`` gives ``ChainResult.mixing`` of the β = 1 chains. On the bimodal
+    mixture (modes ±3, weights 0.3 / 0.7, so their energies differ by log(7/3) = 0.85 nats
+    against a within-mode sd of 0.71) with half the chains started in each mode: MALA never
+    crosses the 18-nat barrier, so the two groups' energies stay apart and split-R̂ of the
+    energy is far above 1 (1.25 here for seeds 9-11); parallel tempering moves chains between
+    the modes and its R̂ sits at the value of mixed chains, 1 + (τ − 1)/(2n) ≈ 1.015 for
+    τ ≈ 4 (ESS per draw 0.24) and n = 100 draws per half chain (seeds 8-10: 1.014-1.015)."""
+    e, _ = _mixture()
+    b, k = 400, 400
+    x0 = torch.cat([torch.full((b // 2, 1), -3.0), torch.full((b // 2, 1), 3.0)])
+    pt = make(replicas=6, beta_min=0.03, step_size=0.5)
+    m_pt = pt.run(e, x0, k, generator=gen(8), record=True).mixing
+    mala = build_registry().create("sampler", "mala", {"step_size": 0.5})
+    m_mala = mala.run(e, x0, 6 * k, generator=gen(9), record=True).mixing
+    assert m_pt is not None and m_mala is not None
+    assert abs(m_pt["rhat_energy"] - 1) < 0.03, m_pt
+    assert m_mala["rhat_energy"] > 1.08, m_mala

@@ -91,6 +91,10 @@ class ChainResult:
     per_chain_grad_norm: Tensor | None = None  # [B] mean over steps of ‖∇U‖₂
     per_chain_accept_rate: Tensor | None = None  # [B], Metropolis samplers only
     state: ChainState | None = None  # final state (continue with `step`; adapted step size)
+    #: record=True: mixing of the chains' energies over the second half of the run
+    #: (:func:`ebmkit.mixing.summarize`: ``ess_energy``, ``rhat_energy``, ``ess_per_draw``,
+    #: plus ``mixing_draws``); None when fewer than 4 recorded steps fall in that half.
+    mixing: dict[str, float] | None = None
 
 
 class ChainStats:
@@ -118,6 +122,7 @@ class ChainStats:
         self.div = torch.zeros(b, device=dev, dtype=torch.bool)
         self.rec_g: list[Tensor] = []
         self.rec_u: list[Tensor] = []
+        self.rec_chain_u: list[Tensor] = []  # [B] per recorded step (record=True): the mixing
 
     def add(self, info: StepInfo, *, count: bool = True) -> None:
         gn = info.grad_norm.detach().float()
@@ -129,7 +134,9 @@ class ChainStats:
             self.div |= info.divergent
         if self.record and count:
             self.rec_g.append(gn.mean())
-            self.rec_u.append(info.energy.detach().float().mean())
+            u = info.energy.detach().float()
+            self.rec_u.append(u.mean())
+            self.rec_chain_u.append(u)
         self.i += 1
 
     def flag(self, divergent: Tensor) -> None:
@@ -153,7 +160,23 @@ class ChainStats:
             per_chain_grad_norm=per_chain_g,
             per_chain_accept_rate=per_chain_a,
             state=state,
+            mixing=self._mixing(),
         )
+
+    def _mixing(self) -> dict[str, float] | None:
+        """ESS / split-R̂ of the per-chain energies over the second half of the recorded steps
+        (the first half is burn-in), as :class:`~ebmkit.builtin.longrun.LongRun` reports them."""
+        from .mixing import MIN_DRAWS, summarize
+
+        kept = self.rec_chain_u[len(self.rec_chain_u) // 2:]
+        if len(kept) < MIN_DRAWS or kept[0].numel() < 1:
+            return None
+        e = torch.stack(kept).double().cpu()
+        if not bool(torch.isfinite(e).all()):
+            return None
+        m = summarize(e)
+        m["mixing_draws"] = float(len(kept))
+        return m
 
 
 # --------------------------------------------------------------------------------------------

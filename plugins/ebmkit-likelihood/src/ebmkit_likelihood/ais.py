@@ -63,6 +63,7 @@ import torch
 from ebmkit import ConfigError, DataError, EvalResult, Evaluator, Prior, Sampler, param
 from ebmkit.evaluation import data_batch, figure_path, write_json, write_metrics
 from ebmkit.mcmc import energy_and_grad, frozen
+from ebmkit.mixing import MIN_DRAWS, random_directions, summarize
 from torch import Tensor, nn
 
 __all__ = [
@@ -191,6 +192,8 @@ class AISResult:
     evaluations: int = 0
     seconds: float = 0.0
     heldout: dict[str, float] | None = None
+    #: forward with ``mixing_steps``: :func:`transition_mixing`'s numbers at β = 1.
+    mixing: dict[str, float] | None = None
 
     @property
     def n(self) -> int:
@@ -390,6 +393,11 @@ class _Kernels:
         if not getattr(transition, "exact", False):
             raise ConfigError(f"AIS needs an exact (Metropolis-adjusted) transition; sampler '{name}' "
                               "is unadjusted and would bias the weights: use mala or hmc")
+        if not getattr(transition, "invariant_alone", True):
+            raise ConfigError(f"AIS needs a transition that leaves each annealed distribution "
+                              f"invariant on its own; sampler '{name}' is exact only together with "
+                              "auxiliary chains that persist between steps (its hot replicas), "
+                              "which AIS does not carry: use mala, hmc or nuts")
         cfg = transition.config
         fields = {f.name for f in dataclasses.fields(cfg)} if dataclasses.is_dataclass(cfg) else set()
         if "step_size" not in fields:
@@ -613,6 +621,37 @@ class _Annealer:
                          evaluations=calls // max(n_batches, 1),
                          seconds=time.perf_counter() - t0)
 
+    def mixing(self, x: Tensor, step_size: float, steps: int, *, projections: int = 4,
+               seed: int = 0) -> dict[str, float]:
+        """``steps`` more transitions at β = 1 (the kernel at ``step_size``) from the states
+        ``x``; :func:`ebmkit.mixing.summarize` of each chain's ``U`` and of its state's
+        projections on ``projections`` seeded directions over the second half."""
+        kernel = self.kernels.at(float(step_size))
+        u_dir = random_directions(math.prod(x.shape[1:]), projections, seed=seed).to(
+            self.device, torch.float64) if projections > 0 else None
+        energies, projected = [], []
+        start = steps // 2
+        acc = torch.zeros((), dtype=torch.float64, device=self.device)
+        with self._frozen():
+            path = self._path()
+            path.beta = 1.0
+            path.start(x.detach().to(self.device, self.dtype))
+            for i in range(1, steps + 1):
+                acc = acc + _transitions(path, kernel, 1, self.generator)
+                if i > start:
+                    energies.append(path.u.detach().double().cpu())
+                    if u_dir is not None:
+                        xs = path.known[0].reshape(x.shape[0], -1).double()
+                        projected.append((xs @ u_dir).cpu())
+        if len(energies) < MIN_DRAWS:
+            raise ConfigError(f"mixing_steps must be >= {2 * MIN_DRAWS} (half of them are burn-in); "
+                              f"got {steps}")
+        e = torch.stack(energies)
+        out = summarize(e, projected=torch.stack(projected) if projected else None)
+        out["mixing_steps"] = float(steps)
+        out["mixing_accept"] = float(acc) / steps
+        return out
+
     def reverse(self, x_start: Tensor, step_sizes: Tensor, batch_size: int | None) -> AISResult:
         T, betas = self.T, self.betas
         eps = self._check_step_sizes(step_sizes)
@@ -753,7 +792,7 @@ def ais_log_z(energy, prior: Prior, *, temperatures: int | Sequence[float] = 100
               n_chains: int = 256, batch_size: int | None = None,
               step_sizes: Tensor | Sequence[float] | None = None,
               target_accept: float | None = None, pilot: Pilot | None = None,
-              data: Tensor | None = None,
+              data: Tensor | None = None, mixing_steps: int = 0,
               generator: torch.Generator | None = None, device=None, dtype=None,
               registry: Any = None, progress: bool = True) -> AISResult:
     """Forward AIS estimate of ``log Z = log ∫ exp(−U)`` (over ``prior``'s support).
@@ -776,6 +815,15 @@ def ais_log_z(energy, prior: Prior, *, temperatures: int | Sequence[float] = 100
     ``log_z_se``, ``ess``, per-β ``accept`` and ``step_sizes``; with held-out ``data``
     ``[n, *shape]`` also ``heldout`` (:func:`heldout_log_likelihood`: ``ll_nats``,
     ``ll_nats_se``, ``bits_per_dim``), a stochastic upper bound on their log-likelihood.
+
+    ``mixing_steps > 0``: the transition's mixing at the target, ``result.mixing``. The chains'
+    final states continue for ``mixing_steps`` transitions at β = 1 (the last step size), and
+    the second half's energies and state projections give ESS and split-R̂ across chains
+    (:func:`ebmkit.mixing.summarize`: ``ess_energy``, ``rhat_energy``, ``ess_per_draw``,
+    ``ess_proj_min``, ``rhat_proj_max``; also ``mixing_accept``). The chains start where AIS
+    left them, from its importance sampler rather than the target. Chains stuck in different
+    modes therefore show as R̂ well above 1. AIS needs exactly that hopping, and its weights
+    can only partly make up for a transition that never moves between modes.
     """
     kw = dict(temperatures=temperatures, schedule=schedule, sigmoid_delta=sigmoid_delta,
               transition=transition, steps_per_temperature=steps_per_temperature,
@@ -787,6 +835,10 @@ def ais_log_z(energy, prior: Prior, *, temperatures: int | Sequence[float] = 100
     if step_sizes is None:
         step_sizes = (pilot or Pilot()).run(ann)
     res = ann.forward(int(n_chains), step_sizes, batch_size)
+    if int(mixing_steps) > 0:
+        finite = res.step_sizes[1:res.temperatures][torch.isfinite(res.step_sizes[1:res.temperatures])]
+        eps_last = float(finite[-1]) if finite.numel() else ann.kernels.step_size
+        res = dataclasses.replace(res, mixing=ann.mixing(res.x, eps_last, int(mixing_steps)))
     if data is None:
         return res
     x = torch.as_tensor(data).to(ann.device, ann.dtype)
@@ -846,6 +898,7 @@ class AISConfig:
     pilot_warmup: int = param(50, "Extra step-size updates at the first visited beta.", min=0)
     base: str = param("prior", "The start p0 of the annealing: prior = the model's chain-start prior (a uniform box restricts the model, and Z, to the box); gaussian = N(centre, base_std^2), full support (Z over R^D), for data outside the box.", choices=("prior", "gaussian"))
     base_std: float | None = param(None, "Std of the gaussian base (default: the prior's std, or half the uniform box's width).", min=0.0, min_exclusive=True)
+    mixing_steps: int = param(100, "Transitions at beta = 1 after the forward run, from its final states: ESS and split-R-hat of the transition at the target (transition_* metrics; half are burn-in). 0 = skip.", min=0)
     n_data: int = param(256, "Held-out examples: their log-likelihood, and one reverse chain each (0 = log Z only).", min=0)
     split: str = param("test", "Split of the held-out examples (falls back to train when the dataset has no such split).")
     reverse: bool = param(True, "Also run reverse AIS from the held-out examples (the other bound).")
@@ -868,7 +921,10 @@ class AIS(Evaluator):
     convention); with ``reverse``, ``log_z_reverse`` (from the held-out examples: a heuristic
     upper bound), ``log_z_gap``, ``ll_nats_reverse`` / ``bits_per_dim_reverse`` (the
     conservative side) and ``ll_raise_nats`` (RAISE: a stochastic lower bound on the annealing
-    model's log-likelihood). Per-β acceptance and step sizes go to ``ais.json``.
+    model's log-likelihood). With ``mixing_steps``, ``transition_ess_energy``,
+    ``transition_rhat_energy``, ``transition_ess_proj_min``, ``transition_rhat_proj_max``,
+    ``transition_mixing_accept``: the transition's mixing at β = 1 (see :func:`ais_log_z`).
+    Per-β acceptance and step sizes go to ``ais.json``.
     """
 
     name = "ais"
@@ -889,7 +945,8 @@ class AIS(Evaluator):
                       device=dev, progress=c.progress)
         pilot = Pilot(chains=c.pilot_chains, temperatures=c.pilot_temperatures,
                       updates=c.pilot_updates, warmup=c.pilot_warmup, step_size=c.step_size)
-        fwd = ais_log_z(model.energy, prior, n_chains=c.n_chains, pilot=pilot, **common)
+        fwd = ais_log_z(model.energy, prior, n_chains=c.n_chains, pilot=pilot,
+                        mixing_steps=c.mixing_steps, **common)
         m: dict[str, float] = {
             "log_z": fwd.log_z, "log_z_se": fwd.log_z_se, "ess": fwd.ess,
             "ess_fraction": fwd.ess / fwd.n, "log_z_single": fwd.log_z_single,
@@ -897,6 +954,7 @@ class AIS(Evaluator):
             "accept_min": fwd.accept_min, "temperatures": float(fwd.temperatures),
             "n_chains": float(fwd.n), "forward_seconds": fwd.seconds,
         }
+        m.update({f"transition_{k}": v for k, v in (fwd.mixing or {}).items()})
         doc: dict[str, Any] = {"betas": fwd.betas.tolist(), "step_sizes": _listed(fwd.step_sizes),
                                "accept_forward": _listed(fwd.accept),
                                "support": _support(prior)}
