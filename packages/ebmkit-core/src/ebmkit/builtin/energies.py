@@ -18,6 +18,25 @@ from ..params import param
 ACTIVATIONS = ("leaky_relu", "gelu", "silu", "relu", "softplus", "elu")
 
 
+_SN_HELP = ("Spectral normalisation (Miyato et al. 2018, as in IGEBM, Du & Mordatch 2019) of "
+            "every conv / linear weight: W / sigma(W), sigma from one power iteration per "
+            "training forward (frozen in the chains, which run in eval mode). Bounds each "
+            "layer's gain, so the energy cannot grow sharp walls between updates.")
+
+
+def spectral_normalise(module: nn.Module) -> nn.Module:
+    """Spectral normalisation (``torch.nn.utils.parametrizations.spectral_norm``) of every
+    ``nn.Conv2d`` / ``nn.Linear`` inside ``module``, in place; returns ``module``. A conv's
+    weight is normalised as the ``[out, in·k·k]`` matrix (Miyato et al. 2018), which bounds but
+    is not the convolution's exact operator norm."""
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    for m in list(module.modules()):
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            spectral_norm(m)
+    return module
+
+
 def make_activation(name: str, slope: float = 0.2) -> nn.Module:
     return {
         "leaky_relu": lambda: nn.LeakyReLU(slope),
@@ -45,6 +64,7 @@ class ConvNetConfig:
         "U = F / (eps^2/2), i.e. scale = 2/eps^2.",
         min=0.0, min_exclusive=True,
     )
+    spectral_norm: bool = param(False, _SN_HELP)
 
 
 class _ShortRunConvNet(Energy):
@@ -66,6 +86,8 @@ class _ShortRunConvNet(Energy):
             prev = nf * mult
         layers.append(nn.Conv2d(prev, 1, 4, 1, 0))
         self.f = nn.Sequential(*layers)
+        if config.spectral_norm:
+            spectral_normalise(self.f)
 
     def forward(self, x: Tensor) -> Tensor:
         u = self.f(x).reshape(x.shape[0])
@@ -143,6 +165,8 @@ class NonLocalConvNet(Energy):
                 layers.append(NonLocalBlock(prev))
         layers.append(nn.Conv2d(prev, 1, 4, 1, 0))
         self.f = nn.Sequential(*layers)
+        if config.spectral_norm:
+            spectral_normalise(self.f)
 
     def forward(self, x: Tensor) -> Tensor:
         u = self.f(x).reshape(x.shape[0])
@@ -156,6 +180,7 @@ class MLPConfig:
     activation: str = param("silu", "Nonlinearity (smooth by default).", choices=ACTIVATIONS)
     leak: float = param(0.2, "Negative slope of leaky_relu.", min=0.0)
     scale: float = param(1.0, "Multiply the network output by this.", min=0.0, min_exclusive=True)
+    spectral_norm: bool = param(False, _SN_HELP)
 
 
 class MLPEnergy(Energy):
@@ -175,6 +200,8 @@ class MLPEnergy(Energy):
             prev = config.hidden
         layers.append(nn.Linear(prev, 1))
         self.f = nn.Sequential(*layers)
+        if config.spectral_norm:
+            spectral_normalise(self.f)
 
     def forward(self, x: Tensor) -> Tensor:
         u = self.f(x.flatten(1)).reshape(x.shape[0])
