@@ -44,7 +44,7 @@ __all__ = [
     "MEMORY_FORMATS", "ChainResult", "ChainState", "ChainStats", "Component", "DataSource",
     "Energy", "EvalResult", "Evaluator", "Initializer", "KINDS", "Model", "NoParams", "Objective",
     "ObjectiveOutput", "Options", "Prior", "Preset", "PriorInitializer", "RunDocument",
-    "SampleMetric", "Sampler", "StepInfo",
+    "SampleMetric", "Sampler", "StepInfo", "classes_of",
 ]
 
 
@@ -126,6 +126,13 @@ class Energy(nn.Module, Component):
     #: The image side length the architecture is built for, if it has one (convnet64: 64). A run
     #: whose document leaves ``data.resolution`` unset resizes the data to it.
     resolution: ClassVar[int | None] = None
+    #: A *conditional* energy sets this to its number of classes ``K`` (an int on the instance or
+    #: the class) and takes the class as an optional second argument: ``forward(x, y=None)``,
+    #: ``y`` an int64 tensor ``[B]`` in ``0 .. K-1`` -> ``U(x, y)`` ``[B]``, and without ``y`` the
+    #: marginal ``U(x) = -log sum_y exp(-U(x, y))`` ``[B]`` (so ``p(x, y) ∝ exp(-U(x, y))``).
+    #: Samplers never see ``y``: :meth:`ebmkit.EBM.sample` hands them a closure ``x -> U(x, y)``.
+    #: ``None``: an unconditional energy, ``forward(x)`` only.
+    n_classes: ClassVar[int | None] = None
 
     def __init__(self, config: Any, shape: tuple[int, ...]):
         nn.Module.__init__(self)
@@ -439,6 +446,12 @@ class DataSource(Component):
     def shape(self) -> tuple[int, ...]:
         raise NotImplementedError
 
+    @property
+    def n_classes(self) -> int | None:
+        """How many classes the labels of a labelled source take (``0 .. n_classes - 1``;
+        ``open`` then yields ``(x, y)`` items), ``None`` for unlabelled data (or unknown)."""
+        return None
+
     def open(self, *, split: str = "train") -> Dataset:
         raise NotImplementedError
 
@@ -583,6 +596,19 @@ class Preset:
 
         with open(self.path, "rb") as f:
             return tomllib.load(f)
+
+
+def classes_of(energy: Any) -> int | None:
+    """The number of classes of a conditional energy (its ``n_classes``: it takes
+    ``forward(x, y=None)``), ``None`` for an unconditional one. Any ``nn.Module`` may declare it;
+    a wrapper (EMA copy, ``DistributedDataParallel``) is looked through via ``.module``."""
+    for obj in (energy, getattr(energy, "module", None)):
+        k = getattr(obj, "n_classes", None)
+        if k is not None:
+            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+                raise TypeError(f"an energy's n_classes must be a positive int, got {k!r}")
+            return int(k)
+    return None
 
 
 KINDS: dict[str, type[Component]] = {

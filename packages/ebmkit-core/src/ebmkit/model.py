@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .checks import as_data, check_energy
 from .errors import ConfigError
-from .interfaces import Initializer, Prior, PriorInitializer, RunDocument, Sampler
+from .interfaces import Initializer, Prior, PriorInitializer, RunDocument, Sampler, classes_of
 
 
 def sampling_steps(sampler: Sampler, sample_steps: int | None) -> int:
@@ -46,6 +46,37 @@ class SampleInfo:
     steps: int
     grad_norm: float
     divergent: Tensor | None = None
+
+
+def _as_classes(y: Any) -> Tensor | None:
+    """``y`` (an int, a sequence, an array or a tensor) as a tensor, ``None`` if it is none."""
+    try:
+        return torch.tensor([operator.index(y)], dtype=torch.int64)
+    except TypeError:
+        pass
+    try:
+        return torch.as_tensor(y)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+
+
+def _is_scalar(y: Any) -> bool:
+    return getattr(y, "ndim", None) == 0
+
+
+class Conditioned(nn.Module):
+    """The closure a sampler sees for class-conditional chains: ``x -> U(x, y)`` ``[B]`` of a
+    conditional energy (``forward(x, y=None)``, see :attr:`ebmkit.Energy.n_classes`) with the
+    classes ``y`` ``[B]`` fixed. A module (the energy is its submodule), so samplers freeze its
+    parameters as they do an energy's."""
+
+    def __init__(self, energy: nn.Module, y: Tensor):
+        super().__init__()
+        self.energy = energy
+        self.y = y
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.energy(x, y=self.y)
 
 
 @contextlib.contextmanager
@@ -163,23 +194,30 @@ class EBM:
     @overload
     def sample(self, n: int, *, steps: int | None = ..., seed: int | None = ...,
                generator: torch.Generator | None = ..., noise: bool = ..., batch_size: int = ...,
-               x0: Tensor | None = ..., return_info: Literal[False] = ...) -> Tensor: ...
+               x0: Tensor | None = ..., y: Any = ...,
+               return_info: Literal[False] = ...) -> Tensor: ...
 
     @overload
     def sample(self, n: int, *, steps: int | None = ..., seed: int | None = ...,
                generator: torch.Generator | None = ..., noise: bool = ..., batch_size: int = ...,
-               x0: Tensor | None = ..., return_info: Literal[True]) -> tuple[Tensor, SampleInfo]: ...
+               x0: Tensor | None = ..., y: Any = ...,
+               return_info: Literal[True]) -> tuple[Tensor, SampleInfo]: ...
 
     def sample(self, n: int, *, steps: int | None = None, seed: int | None = None,
                generator: torch.Generator | None = None, noise: bool = True,
-               batch_size: int = 256, x0: Tensor | None = None,
+               batch_size: int = 256, x0: Tensor | None = None, y: Any = None,
                return_info: bool = False) -> Tensor | tuple[Tensor, SampleInfo]:
         """``n`` samples ``[n, *shape]``: ``steps`` MCMC steps (default: the sampling K) from the
         standalone chain starts (or from ``x0``, ``[n, *shape]``: one start per sample). The
         same ``seed`` gives the same samples. ``noise=False`` runs the deterministic generator
         ``x = M_θ(x₀)``. ``return_info=True`` returns ``(x, info)``, ``info`` a
         :class:`SampleInfo` (acceptance, final energies, grad norm). An exception from a
-        plugin's component is one :class:`~ebmkit.PluginError` line naming the plugin."""
+        plugin's component is one :class:`~ebmkit.PluginError` line naming the plugin.
+
+        ``y`` (a conditional energy only, :attr:`ebmkit.Energy.n_classes`): the class of every
+        sample, an int (all ``n``) or ``n`` ints (a list, array or tensor); the chains then
+        sample ``p(x | y) ∝ exp(-U(x, y))`` (the sampler sees the closure ``x -> U(x, y)``) and
+        ``info.energies`` are ``U(x, y)``."""
         try:
             n = operator.index(n)  # ints, numpy ints; not floats or strings
         except TypeError:
@@ -191,6 +229,7 @@ class EBM:
             raise ConfigError(f"steps must be >= 0, got {k}")
         if x0 is not None:
             x0 = self._check_x0(x0, n)
+        labels = self._check_y(y, n)
         gen = self._generator(seed, generator)
         cap = self.initializer.capacity
         bs = max(1, min(int(batch_size), cap) if cap else int(batch_size))
@@ -207,11 +246,72 @@ class EBM:
                     xs = self.initializer.sample(m, generator=gen, device=self.device)
                 if start == 0:
                     self.check(xs[:2])
-                results.append(self.sampler.run(self.energy, xs, k, generator=gen, noise=noise))
+                fn = (self.energy if labels is None
+                      else Conditioned(self.energy, labels[start:start + m].to(self.device)))
+                results.append(self.sampler.run(fn, xs, k, generator=gen, noise=noise))
         x = torch.cat([r.x for r in results])
         if not return_info:
             return x
         return x, self._info(results, k)
+
+    @property
+    def n_classes(self) -> int | None:
+        """The classes of a conditional energy (``sample(n, y=...)`` works), else ``None``."""
+        return classes_of(self.energy)
+
+    def _check_y(self, y: Any, n: int) -> Tensor | None:
+        """``y`` as :meth:`sample` needs it: ``[n]`` int64 classes in ``0 .. K-1``, or ``None``."""
+        if y is None:
+            return None
+        k = self.n_classes
+        if k is None:
+            raise ConfigError("y= samples a class, but this model's energy is unconditional (it "
+                              "declares no n_classes); sample without y=, or train a conditional "
+                              "energy (e.g. the jem plugin's classifier energies)")
+        if isinstance(y, bool):
+            raise ConfigError(f"y must be a class index or {n} of them, got {y!r}")
+        labels = _as_classes(y)
+        if labels is None:
+            raise ConfigError(f"y must be a class index or {n} of them, got {type(y).__name__}")
+        if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
+            raise ConfigError(f"y holds class indices (integers), got dtype {labels.dtype}")
+        labels = labels.reshape(-1).to(torch.int64).cpu()
+        if labels.numel() == 1 and (isinstance(y, int) or labels.ndim == 0 or _is_scalar(y)):
+            labels = labels.expand(n).clone()
+        if labels.numel() != n:
+            raise ConfigError(f"y holds {labels.numel()} classes but n={n} samples were asked "
+                              f"for; pass one class per sample, or a single int")
+        if labels.numel() and not (int(labels.min()) >= 0 and int(labels.max()) < k):
+            bad = int(labels[(labels < 0) | (labels >= k)][0])
+            raise ConfigError(f"y = {bad} is not a class of this model: classes are 0 .. {k - 1}")
+        return labels
+
+    def class_grid(self, per_class: int = 8, *, classes: Any = None, path: str | Path | None = None,
+                   scale: int = 1, **kwargs: Any) -> Tensor:
+        """Class-conditional samples as a grid, a row per class: ``[len(classes) * per_class,
+        *shape]``, the first ``per_class`` of class ``classes[0]`` and so on (default: every
+        class ``0 .. K-1``). With ``path`` (images only) also written as a PNG with one row per
+        class. Other keyword arguments go to :meth:`sample` (``steps``, ``seed``, ...)."""
+        k = self.n_classes
+        if k is None:
+            raise ConfigError("a class grid needs a conditional energy (n_classes); this model's "
+                              "energy is unconditional: use ebm.sample(n)")
+        per_class = operator.index(per_class)
+        if per_class < 1:
+            raise ConfigError(f"per_class must be >= 1, got {per_class}")
+        rows = list(range(k)) if classes is None else [operator.index(c) for c in classes]
+        if not rows:
+            raise ConfigError("classes is empty: give at least one class")
+        y = torch.tensor(rows, dtype=torch.int64).repeat_interleave(per_class)
+        x = self.sample(len(y), y=y, **kwargs)
+        if path is not None:
+            from .images import save_grid
+
+            if x.dim() != 4:
+                raise ConfigError(f"a grid PNG needs images [N, C, H, W]; these samples have shape "
+                                  f"{list(x.shape[1:])}: leave path unset and plot them yourself")
+            save_grid(x, path, nrow=per_class, scale=scale)
+        return x
 
     def _check_x0(self, x0: Any, n: int) -> Tensor:
         """``x0`` as ``sample`` needs it: ``[n, *shape]`` floats (a numpy array is fine)."""

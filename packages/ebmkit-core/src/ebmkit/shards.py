@@ -258,15 +258,18 @@ def decode_png(data: bytes) -> Tensor:
 
 
 class ShardDataset(IterableDataset):
-    """Stream ``(image [C,H,W] in [-1,1], key)`` from tar shards, split by rank and worker.
+    """Stream ``(image [C,H,W] in [-1,1], key)`` from tar shards, split by rank and worker;
+    with ``labels=True`` ``(image, label, key)``, the label (int64 0-d) read from each example's
+    ``.cls`` entry (what :func:`write_shards` stores), for objectives that need labels.
 
     ``set_epoch(e)`` selects the epoch's shard permutation (the batch stream calls it before
     every pass); ``batch_size`` (set by the batch stream) makes every rank's quota whole batches.
     """
 
     def __init__(self, pattern: str, *, resolution: int | None = None, channels: int | None = None,
-                 seed: int = 0, shuffle: bool = True, buffer: int = 256):
+                 seed: int = 0, shuffle: bool = True, buffer: int = 256, labels: bool = False):
         self.pattern = pattern
+        self.labels = bool(labels)
         self.urls = expand(pattern)
         local = ["://" not in u and not u.startswith("pipe:") for u in self.urls]
         if all(local):
@@ -331,7 +334,10 @@ class ShardDataset(IterableDataset):
                 raise DataError(f"{sample.get('__url__', 'a shard')}: example {sample.get('__key__')} "
                                 f"is not a readable PNG ({type(exc).__name__}); "
                                 "rewrite the shards with `ebmkit data shard`") from None
-            return to_model_range(x, resolution=self.resolution, channels=self.channels)[0], sample["__key__"]
+            x = to_model_range(x, resolution=self.resolution, channels=self.channels)[0]
+            if not self.labels:
+                return x, sample["__key__"]
+            return x, shard_label(sample), sample["__key__"]
 
         stream = (convert(s) for s in self._samples(urls))
         if self.shuffle and self.buffer > 1:
@@ -357,6 +363,18 @@ class ShardDataset(IterableDataset):
                 why = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
                 raise DataError(f"shard {url} is corrupt or truncated ({why}); check the set with "
                                 f"`ebmkit data verify {Path(url).parent}` and rewrite it") from None
+
+
+def shard_label(sample: dict) -> Tensor:
+    """The label of a shard example (its ``.cls`` entry, an ASCII integer) as an int64 0-d tensor;
+    a :class:`DataError` when the example has none or it is not an integer."""
+    raw = sample.get("cls")
+    try:
+        return torch.tensor(int(raw.decode("ascii").strip()), dtype=torch.int64)
+    except (AttributeError, UnicodeDecodeError, ValueError):
+        raise DataError(f"{sample.get('__url__', 'a shard')}: example {sample.get('__key__')} has no "
+                        "integer .cls label; write the shards from a labelled source with `ebmkit "
+                        "data shard`, or set data.labels = false") from None
 
 
 def shuffled(items: Iterable, size: int, rng: random.Random) -> Iterator:

@@ -138,6 +138,10 @@ class MNIST5k(ImageSource):
                "data.heldout = N holds N out by a seeded split.")
     Config = MNIST5kConfig
 
+    @property
+    def n_classes(self) -> int:
+        return 10
+
     def open(self, *, split="train"):
         images, labels = load_mnist5k()
         c = self.config
@@ -308,6 +312,10 @@ class CIFAR10(TorchvisionSource):
     def build(self, tv, root, split, download):
         return tv.datasets.CIFAR10(root, train=split == "train", download=download)
 
+    @property
+    def n_classes(self) -> int:
+        return 10
+
 
 @dataclass(frozen=True, kw_only=True)
 class MNISTConfig(TorchvisionConfig):
@@ -321,6 +329,10 @@ class MNIST(TorchvisionSource):
 
     def build(self, tv, root, split, download):
         return tv.datasets.MNIST(root, train=split == "train", download=download)
+
+    @property
+    def n_classes(self) -> int:
+        return 10
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -469,6 +481,8 @@ class ShardConfig:
                                 "examples within a buffer.")
     buffer: int = param(256, "Shuffle buffer size in examples (per rank and worker).", min=0)
     seed: int = param(0, "Seed of the shard order (combined with the epoch).")
+    labels: bool = param(False, "Yield (image, label) items, the labels read from the shards' .cls "
+                                "entries (for objectives that need labels, e.g. jem).")
 
 
 class Shards(DataSource):
@@ -486,7 +500,7 @@ class Shards(DataSource):
 
             c = self.config
             self._ds = ShardDataset(c.path, resolution=c.resolution, channels=c.channels, seed=c.seed,
-                                    shuffle=c.shuffle, buffer=c.buffer)
+                                    shuffle=c.shuffle, buffer=c.buffer, labels=c.labels)
         return self._ds
 
     @property

@@ -75,6 +75,10 @@ class Digits8(DataSource):
     def shape(self):
         return (1, 8, 8)
 
+    @property
+    def n_classes(self) -> int:
+        return 10
+
     def open(self, *, split: str = "train"):
         x, y = split_part(load_digits8(), split, default=self.config.split, heldout=self.config.heldout,
                           seed=self.config.split_seed, name="digits8")
