@@ -10,8 +10,9 @@ Subclass a suite in your plugin's tests (pytest collects classes named ``Test*``
         plugin = my_plugin
 
 Suites: :class:`SamplerConformance`, :class:`EnergyConformance`,
-:class:`InitializerConformance`, :class:`EvaluatorConformance`,
-:class:`DataSourceConformance`, :class:`ObjectiveConformance`, :class:`OptionsConformance`.
+:class:`ConditionalEnergyConformance`, :class:`InitializerConformance`,
+:class:`EvaluatorConformance`, :class:`DataSourceConformance`, :class:`ObjectiveConformance`,
+:class:`OptionsConformance`.
 Each failing check says what the contract requires.
 Installing the package also registers a pytest plugin with the fixtures
 ``ebmkit_plugin_manager``, ``ebmkit_registry`` and ``ebmkit_cli`` (see
@@ -21,6 +22,7 @@ Installing the package also registers a pytest plugin with the fixtures
 """
 
 from ._base import ComponentConformance, require
+from .conditional import ConditionalEnergyConformance
 from .datasets import DataSourceConformance
 from .energies import EnergyConformance
 from .evaluators import EvaluatorConformance
@@ -38,7 +40,8 @@ from .samplers import (
 from .toys import GaussianEnergy, GaussianPoints, gaussian_energy, gaussian_points
 
 __all__ = [
-    "CliResult", "CliRunner", "ComponentConformance", "DataSourceConformance",
+    "CliResult", "CliRunner", "ComponentConformance", "ConditionalEnergyConformance",
+    "DataSourceConformance",
     "DiagonalGaussianEnergy", "EnergyConformance", "GaussianMixtureEnergy",
     "EvaluatorConformance", "GaussianEnergy", "GaussianPoints", "InitializerConformance",
     "ObjectiveConformance", "OptionsConformance", "Replica", "SamplerConformance", "SmallEnergy",

@@ -44,9 +44,9 @@ class Replica(nn.Module):
                                    for n, p in module.named_parameters()}
         self.calls = 0
 
-    def forward(self, x: Tensor) -> Tensor:
-        self.calls += 1
-        return torch.func.functional_call(self.module, self.replica_parameters, (x,))
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        self.calls += 1  # further arguments pass through, as DDP's do (a conditional energy's y)
+        return torch.func.functional_call(self.module, self.replica_parameters, (x, *args), kwargs)
 
 
 def _grads(loss: Tensor, params: list[Tensor]) -> list[Tensor | None]:
