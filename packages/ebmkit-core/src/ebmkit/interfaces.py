@@ -601,14 +601,16 @@ class Preset:
 def classes_of(energy: Any) -> int | None:
     """The number of classes of a conditional energy (its ``n_classes``: it takes
     ``forward(x, y=None)``), ``None`` for an unconditional one. Any ``nn.Module`` may declare it;
-    a wrapper (EMA copy, ``DistributedDataParallel``) is looked through via ``.module``."""
-    for obj in (energy, getattr(energy, "module", None)):
-        k = getattr(obj, "n_classes", None)
-        if k is not None:
-            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-                raise TypeError(f"an energy's n_classes must be a positive int, got {k!r}")
-            return int(k)
-    return None
+    ``DistributedDataParallel`` (the function an objective is given in training) is looked
+    through to the module it wraps."""
+    if isinstance(energy, torch.nn.parallel.DistributedDataParallel):
+        energy = energy.module
+    k = getattr(energy, "n_classes", None)
+    if k is None:
+        return None
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise TypeError(f"an energy's n_classes must be a positive int, got {k!r}")
+    return int(k)
 
 
 KINDS: dict[str, type[Component]] = {

@@ -48,20 +48,17 @@ class SampleInfo:
     divergent: Tensor | None = None
 
 
-def _as_classes(y: Any) -> Tensor | None:
-    """``y`` (an int, a sequence, an array or a tensor) as a tensor, ``None`` if it is none."""
+def _as_classes(y: Any) -> tuple[Tensor | None, bool]:
+    """``y`` (an int, a sequence, an array or a tensor) as a tensor (``None`` if it is none) and
+    whether it is a single class index (for every sample)."""
     try:
-        return torch.tensor([operator.index(y)], dtype=torch.int64)
+        return torch.tensor([operator.index(y)], dtype=torch.int64), True
     except TypeError:
         pass
     try:
-        return torch.as_tensor(y)
+        return torch.as_tensor(y), False
     except (TypeError, ValueError, RuntimeError):
-        return None
-
-
-def _is_scalar(y: Any) -> bool:
-    return getattr(y, "ndim", None) == 0
+        return None, False
 
 
 class Conditioned(nn.Module):
@@ -270,13 +267,13 @@ class EBM:
                               "energy (e.g. the jem plugin's classifier energies)")
         if isinstance(y, bool):
             raise ConfigError(f"y must be a class index or {n} of them, got {y!r}")
-        labels = _as_classes(y)
+        labels, single = _as_classes(y)
         if labels is None:
             raise ConfigError(f"y must be a class index or {n} of them, got {type(y).__name__}")
         if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
             raise ConfigError(f"y holds class indices (integers), got dtype {labels.dtype}")
         labels = labels.reshape(-1).to(torch.int64).cpu()
-        if labels.numel() == 1 and (isinstance(y, int) or labels.ndim == 0 or _is_scalar(y)):
+        if single:
             labels = labels.expand(n).clone()
         if labels.numel() != n:
             raise ConfigError(f"y holds {labels.numel()} classes but n={n} samples were asked "

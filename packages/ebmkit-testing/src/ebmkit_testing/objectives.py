@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import pytest
 import torch
 from ebmkit.errors import EbmkitError
-from ebmkit.interfaces import ObjectiveOutput
+from ebmkit.interfaces import ObjectiveOutput, classes_of
 from torch import Tensor, nn
 
 from ._base import ComponentConformance, require
@@ -43,6 +43,9 @@ class Replica(nn.Module):
         self.replica_parameters = {n: p.detach().clone().requires_grad_(True)
                                    for n, p in module.named_parameters()}
         self.calls = 0
+        k = classes_of(module)
+        if k is not None:  # a conditional energy stays one through the wrapper (as through DDP)
+            self.n_classes = k
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         self.calls += 1  # further arguments pass through, as DDP's do (a conditional energy's y)

@@ -62,4 +62,4 @@ def train_classifier(energy: nn.Module, x: Tensor, y: Tensor, *, iterations: int
             break
     energy.eval()
     return BaselineRun(iterations=it, wall_seconds=time.perf_counter() - t0,
-                       cpu_seconds=time.process_time() - c0, final_ce=float(ce))
+                       cpu_seconds=time.process_time() - c0, final_ce=float(ce.detach()))

@@ -97,7 +97,7 @@ class Accuracy(Evaluator):
             raise DataError(f"the data has label {int(y.max())} but the energy has {k} classes")
         acc = float((p.argmax(1) == y).double().mean())
         nll = float(-torch.log(p.gather(1, y[:, None]).clamp_min(1e-300)).mean())
-        m = {"accuracy": acc, "error": 1 - acc, "nll": nll, "n": len(y)}
+        m = {"accuracy": acc, "error": 1 - acc, "nll": nll, "n": float(len(y))}
         write_metrics(out_dir, self.name, m)
         return EvalResult(metrics=m)
 
@@ -144,11 +144,12 @@ class CalibrationEval(Evaluator):
         cal = calibration(conf, correct, n_bins=c.bins)
         acc = float(correct.mean())
         m = {"ece": cal.ece, "mce": cal.mce, "accuracy": acc,
-             "mean_confidence": float(conf.double().mean()), "bins": c.bins, "n": len(y),
-             "bin_counts": cal.counts.astype(int).tolist(),
-             "bin_accuracy": [None if np.isnan(v) else float(v) for v in cal.accuracy],
-             "bin_confidence": [None if np.isnan(v) else float(v) for v in cal.confidence]}
-        write_metrics(out_dir, self.name, m)
+             "mean_confidence": float(conf.double().mean()), "n": float(len(y))}
+        write_metrics(out_dir, self.name, {
+            **m, "bins": c.bins, "bin_edges": cal.edges.tolist(),
+            "bin_counts": cal.counts.astype(int).tolist(),
+            "bin_accuracy": [None if np.isnan(v) else float(v) for v in cal.accuracy],
+            "bin_confidence": [None if np.isnan(v) else float(v) for v in cal.confidence]})
         figures = {}
         path = figure_path(out_dir, "reliability.png")
         if path is not None:
@@ -230,7 +231,7 @@ class OOD(Evaluator):
         for score in OOD_SCORES:
             for name in sets:
                 m[f"{score}/{name}"] = auroc(scores["data"][score], scores[name][score])
-        m["n"] = len(x)
+        m["n"] = float(len(x))
         write_metrics(out_dir, self.name, m)
         figures = {}
         path = figure_path(out_dir, "ood_hist.png")
@@ -281,9 +282,9 @@ class ClassSamples(Evaluator):
         m["accuracy"] = float((pred == yn).mean())
         for cls in range(k):
             m[f"accuracy/{cls}"] = float((pred[yn == cls] == cls).mean())
-        m.update({"per_class": c.per_class, "steps": model.steps if c.steps is None else c.steps,
-                  "init": c.init})
-        write_metrics(out_dir, self.name, m)
+        m.update({"per_class": float(c.per_class),
+                  "steps": float(model.steps if c.steps is None else c.steps)})
+        write_metrics(out_dir, self.name, {**m, "init": c.init})
         figures = {}
         path = figure_path(out_dir, "class_grid.png")
         if path is not None and x.dim() == 4:

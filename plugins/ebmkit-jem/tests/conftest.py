@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+class MLPClassifier(nn.Module):
+    """A small classifier [B, *shape] -> [B, K] (tests)."""
+
+    def __init__(self, d: int, k: int, hidden: int = 8):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(d, hidden), nn.SiLU(), nn.Linear(hidden, k))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
