@@ -60,6 +60,10 @@ RECIPES: dict[str, tuple[str, str, list[str]]] = {
                       "Nijkamp et al. 2019", ["sampler.steps=20"]),
     "short-run-penalty": ("short-run with the energy-magnitude penalty alpha=1 (IGEBM)",
                           "Du & Mordatch 2019", ["objective.name=ml", "objective.alpha=1.0"]),
+    "replay-ema-sn": ("replay-ema with spectral normalisation of every layer",
+                      "Miyato et al. 2018; Du & Mordatch 2019",
+                      ["init.name=persistent", "init.buffer_size=10000", "init.rejuvenation=0.05",
+                       "sampler.steps=20", "train.ema=0.999", "energy.spectral_norm=true"]),
 }
 HELDOUT = 1000
 
