@@ -4,6 +4,7 @@
     nox -s "tests(package='ebmkit-core')"
     nox -s slow              # long statistical checks and reproductions (opt-in)
     nox -s digits            # only the full digits reproduction (opt-in, ~20 min on 2 cores)
+    nox -s jem               # JEM vs a plain classifier on mnist5k (opt-in, ~2 h on one core)
 
 Each tests session syncs only its member (and that member's `test` dependency group) into its
 own virtual environment with uv, so a member that forgets to declare a dependency fails here.
@@ -62,6 +63,16 @@ def digits(session: nox.Session) -> None:
     test = MEMBERS["ebmkit-core"] / "tests" / "test_digits.py"
     session.run("pytest", f"{test}::test_full_reproduction_meets_the_thresholds", "-m", "slow",
                 "-q", *session.posargs, env={"MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"})
+
+
+@nox.session
+def jem(session: nox.Session) -> None:
+    """Opt-in: JEM vs a plain classifier on mnist5k (docs/jem.md), about an hour per model on one
+    core: `nox -s jem -- --minutes 60 --out runs/jem-compare` (defaults: 60 minutes)."""
+    _sync(session, "ebmkit-jem")
+    args = session.posargs or ["--minutes", "60", "--out", "runs/jem-compare"]
+    session.run("python", str(ROOT / "tools" / "jem_compare.py"), *args,
+                env={"MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"})
 
 
 @nox.session(venv_backend="uv")

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import math
 
+import ebmkit
 import pytest
 import torch
-from torch import nn
-
-import ebmkit
 from ebmkit import ConfigError
 from ebmkit.interfaces import classes_of
+from torch import nn
 
 MU = (-2.0, 3.0, 0.5)
 

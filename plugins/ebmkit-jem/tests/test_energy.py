@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import ebmkit_jem
 import pytest
 import torch
 from conftest import MLPClassifier
 from ebmkit import ConfigError
 from ebmkit.params import build
+from ebmkit_jem import ClassifierEnergy, JEMConvNet
 from ebmkit_testing import ConditionalEnergyConformance
 from torch import nn
-
-import ebmkit_jem
-from ebmkit_jem import ClassifierEnergy, JEMConvNet
 
 
 class TestJEMConvNet(ConditionalEnergyConformance):

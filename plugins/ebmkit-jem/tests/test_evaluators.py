@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 
+import ebmkit_jem
 import pytest
 import torch
 from ebmkit import EBM, ConfigError, DataError
 from ebmkit.params import build
 from ebmkit.plugins import build_registry
-from ebmkit_testing import EvaluatorConformance
-
-import ebmkit_jem
 from ebmkit_jem import OOD, Accuracy, CalibrationEval, ClassSamples, JEMConvNet
 from ebmkit_jem.judge import judge_for
+from ebmkit_testing import EvaluatorConformance
 
 pytest.importorskip("sklearn")
 

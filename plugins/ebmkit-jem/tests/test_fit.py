@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import ebmkit_jem
 import pytest
 import torch
 from ebmkit import ConfigError, DivergenceError
 from ebmkit.params import build
 from ebmkit.plugins import build_registry
-from ebmkit_testing import OptionsConformance
-
-import ebmkit_jem
 from ebmkit_jem import JEMConvNet, JEMOptions, RestartGuard, train_classifier
+from ebmkit_testing import OptionsConformance
 
 pytest.importorskip("sklearn")
 

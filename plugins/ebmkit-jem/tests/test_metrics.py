@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from ebmkit_jem.metrics import (
     auroc,
     calibration,

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import ebmkit_jem
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import MLPClassifier
 from ebmkit import ConfigError
 from ebmkit.params import build
-from ebmkit_testing import ObjectiveConformance, SmallEnergy
-
-import ebmkit_jem
 from ebmkit_jem import JEM, ClassifierEnergy, CrossEntropy
 from ebmkit_jem.objective import jem_terms
+from ebmkit_testing import ObjectiveConformance, SmallEnergy
 
 
 class _Classifier:
