@@ -75,9 +75,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", choices=("jem", "plain"), help="train and score one model only")
     args = ap.parse_args(argv)
 
-    import torch
-
     import ebmkit
+    import torch
     from ebmkit.params import build
     from ebmkit.plugins import build_registry
     from ebmkit_jem import JEMConvNet, train_classifier
