@@ -64,6 +64,12 @@ RECIPES: dict[str, tuple[str, str, list[str]]] = {
                       "Miyato et al. 2018; Du & Mordatch 2019",
                       ["init.name=persistent", "init.buffer_size=10000", "init.rejuvenation=0.05",
                        "sampler.steps=20", "train.ema=0.999", "energy.spectral_norm=true"]),
+    "drl": ("diffusion recovery likelihood: 6 noise levels, K=30 on each recovery conditional, "
+            "progressive sampling from N(0, I) (plugin ebmkit-drl)",
+            "Gao et al. 2021",
+            ["energy.name=drl-convnet32", "energy.nf=32", "sampler.name=drl-progressive",
+             "sampler.steps=0", "init.distribution=gaussian", "objective.name=drl",
+             "objective.steps=30", "train.sample_steps=30", "train.data_noise=0"]),
 }
 HELDOUT = 1000
 
