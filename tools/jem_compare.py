@@ -73,6 +73,9 @@ def main(argv=None) -> int:
     ap.add_argument("--per-class", type=int, default=100, help="conditional samples per class judged")
     ap.add_argument("--sample-steps", type=int, default=100, help="SGLD steps of each conditional chain")
     ap.add_argument("--only", choices=("jem", "plain"), help="train and score one model only")
+    ap.add_argument("--score-only", action="store_true",
+                    help="JEM: score the run already in OUT/jem again (no training; its training "
+                         "numbers are read from its diagnostics.csv)")
     args = ap.parse_args(argv)
 
     import ebmkit
@@ -88,11 +91,35 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "compare.json"
     res = json.loads(path.read_text()) if args.only and path.is_file() else {}
+
+    def save(key: str, value: dict) -> None:
+        """Write one model's entry, merging with what another process (--only) wrote since."""
+        if args.only and path.is_file():
+            res.update({k: v for k, v in json.loads(path.read_text()).items()
+                        if k in ("jem", "plain") and k != key})
+        res[key] = value
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(res, indent=2) + "\n")
+        tmp.replace(path)
+
     res.update({"preset": PRESET, "minutes": args.minutes, "seed": args.seed, "targets": TARGETS,
                 "torch_threads": torch.get_num_threads(), "args": {k: str(v) for k, v in vars(args).items()}})
     data = reg.create("dataset", doc["data"]["name"], {k: v for k, v in doc["data"].items() if k != "name"})
 
-    if args.only in (None, "jem"):
+    if args.only in (None, "jem") and args.score_only:
+        import csv
+
+        ebm = ebmkit.load(args.out / "jem")
+        with open(args.out / "jem" / "diagnostics.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        last = rows[-1]
+        run = {"wall_seconds": sum(float(r["sec"]) for r in rows),
+               "cpu_seconds": float(last["cpu_total"]), "iterations": int(last["iter"]),
+               "last": {k: float(last[k]) for k in ("ce", "acc", "d_t", "e_pos", "e_neg")},
+               "rescored": True}
+        save("jem", {"train": run, **evaluate(ebmkit, ebm, data, args.out / "jem" / "eval", args,
+                                              init="model")})
+    elif args.only in (None, "jem"):
         t, c = time.perf_counter(), time.process_time()
         ebm = ebmkit.fit(preset=PRESET, out_dir=args.out / "jem",
                          train={"time_budget": budget, "iterations": 10**7, "seed": args.seed,
@@ -100,8 +127,8 @@ def main(argv=None) -> int:
         run = {"wall_seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - c,
                "iterations": ebm.step, "last": {k: ebm.last.get(k) for k in ("ce", "acc", "d_t", "e_pos", "e_neg")}}
         ebm.class_grid(10, steps=args.sample_steps, seed=args.seed, path=args.out / "jem" / "class_grid_training_starts.png")
-        res["jem"] = {"train": run, **evaluate(ebmkit, ebm, data, args.out / "jem" / "eval", args, init="model")}
-        path.write_text(json.dumps(res, indent=2) + "\n")
+        save("jem", {"train": run, **evaluate(ebmkit, ebm, data, args.out / "jem" / "eval", args,
+                                              init="model")})
 
     if args.only in (None, "plain"):
         torch.manual_seed(args.seed)
@@ -112,10 +139,9 @@ def main(argv=None) -> int:
         base = train_classifier(energy, x, y, time_budget=budget, batch_size=tr["batch_size"],
                                 lr=tr["lr"], data_noise=tr["data_noise"], seed=args.seed)
         model = ebmkit.model_from(energy, sampler=doc["sampler"], init={"name": "noise"})
-        res["plain"] = {"train": {"wall_seconds": base.wall_seconds, "cpu_seconds": base.cpu_seconds,
-                                  "iterations": base.iterations, "final_ce": base.final_ce},
-                        **evaluate(ebmkit, model, data, args.out / "plain" / "eval", args, init="noise")}
-        path.write_text(json.dumps(res, indent=2) + "\n")
+        save("plain", {"train": {"wall_seconds": base.wall_seconds, "cpu_seconds": base.cpu_seconds,
+                                 "iterations": base.iterations, "final_ce": base.final_ce},
+                       **evaluate(ebmkit, model, data, args.out / "plain" / "eval", args, init="noise")})
 
     if "jem" in res and "plain" in res:
         res["checks"] = check(res)
