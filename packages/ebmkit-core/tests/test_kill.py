@@ -255,7 +255,19 @@ def test_second_sigint_exits_at_once_and_keeps_the_last_checkpoint(tmp_path, reg
     assert ebm.completed
 
 
-def test_in_memory_fit_interrupted_keeps_the_model(registry):
+@pytest.fixture
+def sigint_default():
+    """Python's own SIGINT handler for the test. A process started in the background by a
+    non-interactive shell inherits SIGINT ignored, and the trainer rightly leaves an ignored
+    signal alone; that would make the test below depend on how pytest was launched."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def test_in_memory_fit_interrupted_keeps_the_model(registry, sigint_default):
     """Library: without a run directory the exception carries the model trained so far."""
     from ebmkit import LambdaCallback, TrainingInterrupted
 
