@@ -59,6 +59,19 @@ CLAIMS: tuple[tuple[str, str, str, float, str], ...] = (
 )
 
 
+#: Issue 24's sample-quality targets for the digits presets: stricter than the reproduction's
+#: claims, written here (2026-12-07) before the runs that test them. Same format as CLAIMS;
+#: ``check_claims(metrics, TARGETS)`` checks them.
+TARGETS: tuple[tuple[str, str, str, float, str], ...] = (
+    ("convergent", "long_mmd_ratio", "<", 3.0,
+     "long-run samples (10^4 MALA steps from noise) within 3x the noise floor by MMD"),
+    ("convergent", "long_classes", ">", 9.5,
+     "long-run samples cover all ten classes (each >= 1% of the samples)"),
+    ("nonconvergent", "short_confidence_gap", ">", -0.1,
+     "short-run samples look like digits to the classifier (confidence within 0.1 of the data's)"),
+)
+
+
 def derived(m: dict[str, float]) -> dict[str, float]:
     """The quantities the claims read, from one ``digits-longrun`` metrics dict."""
     floor = m["mmd_floor"]
@@ -79,10 +92,12 @@ def derived(m: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def check_claims(metrics: dict[str, dict[str, float]]) -> list[tuple[str, str, float, str, float, bool, str]]:
-    """``metrics[regime]`` -> rows ``(regime, metric, value, op, threshold, ok, meaning)``."""
+def check_claims(metrics: dict[str, dict[str, float]], claims=CLAIMS
+                 ) -> list[tuple[str, str, float, str, float, bool, str]]:
+    """``metrics[regime]`` -> rows ``(regime, metric, value, op, threshold, ok, meaning)`` for
+    ``claims`` (default :data:`CLAIMS`; :data:`TARGETS` for issue 24's targets)."""
     rows = []
-    for regime, key, op, thr, meaning in CLAIMS:
+    for regime, key, op, thr, meaning in claims:
         if regime not in metrics or key not in metrics[regime]:
             continue
         v = metrics[regime][key]
