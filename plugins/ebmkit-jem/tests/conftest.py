@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from torch import nn
 
 
@@ -17,8 +16,5 @@ class MLPClassifier(nn.Module):
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(ebmkit_one_thread):
+    """One torch thread for every test here (ebmkit_testing's fixture)."""

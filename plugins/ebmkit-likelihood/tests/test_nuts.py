@@ -16,11 +16,8 @@ from torch import nn
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(ebmkit_one_thread):
+    """One torch thread for every test here (ebmkit_testing's fixture)."""
 
 
 class TestNUTS(SamplerConformance):

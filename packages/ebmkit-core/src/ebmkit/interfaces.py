@@ -591,6 +591,17 @@ class Preset:
 
     kind = "preset"
 
+    @classmethod
+    def from_dir(cls, directory: Path) -> list[Preset]:
+        """The presets of ``directory/*.toml``, sorted by name; each file's first line
+        ``# <summary>`` is its summary. Plugins ship theirs this way."""
+        out = []
+        for path in sorted(Path(directory).glob("*.toml")):
+            first = path.read_text().splitlines()[:1]
+            summary = first[0].lstrip("#").strip() if first and first[0].startswith("#") else ""
+            out.append(cls(path.stem, summary, path))
+        return out
+
     def read(self) -> dict[str, dict[str, Any]]:
         import tomllib
 

@@ -96,6 +96,19 @@ class CliRunner:
 
 
 @pytest.fixture
+def ebmkit_one_thread() -> Iterator[None]:
+    """One torch intra-op thread for the test (tiny tensors run fastest, and steadiest on a
+    shared machine, on one thread); the previous count is restored afterwards. Make it
+    automatic in a conftest: ``@pytest.fixture(autouse=True)`` ``def _one(ebmkit_one_thread): ...``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def ebmkit_plugin_manager() -> Callable[..., Any]:
     """Factory: ``ebmkit_plugin_manager(my_plugin_module)`` -> a fresh ``pluggy.PluginManager``."""
     from ebmkit.plugins import get_plugin_manager

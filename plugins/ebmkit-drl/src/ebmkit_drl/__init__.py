@@ -39,12 +39,7 @@ PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
 def presets() -> list[Preset]:
     """The presets this plugin ships (``presets/*.toml``; the first line is the summary)."""
-    out = []
-    for path in sorted(PRESET_DIR.glob("*.toml")):
-        first = path.read_text().splitlines()[:1]
-        summary = first[0].lstrip("#").strip() if first and first[0].startswith("#") else ""
-        out.append(Preset(path.stem, summary, path))
-    return out
+    return Preset.from_dir(PRESET_DIR)
 
 
 @hookimpl

@@ -14,12 +14,7 @@ PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 
 
 def presets_in(directory: Path) -> list[Preset]:
-    out = []
-    for path in sorted(directory.glob("*.toml")):
-        first = path.read_text().splitlines()[:1]
-        summary = first[0].lstrip("#").strip() if first and first[0].startswith("#") else ""
-        out.append(Preset(path.stem, summary, path))
-    return out
+    return Preset.from_dir(directory)
 
 
 @hookimpl
