@@ -166,6 +166,8 @@ class ChainStats:
     def _mixing(self) -> dict[str, float] | None:
         """ESS / split-R̂ of the per-chain energies over the second half of the recorded steps
         (the first half is burn-in), as :class:`~ebmkit.builtin.longrun.LongRun` reports them."""
+        if not self.rec_chain_u:  # not recording (training): nothing to do, nothing imported
+            return None
         from .mixing import MIN_DRAWS, summarize
 
         kept = self.rec_chain_u[len(self.rec_chain_u) // 2:]
