@@ -123,3 +123,24 @@ def test_plain_classifier_baseline_learns_digits8():
     with torch.no_grad():
         acc = (energy(xh, logits=True).argmax(1) == yh).float().mean()
     assert acc > 0.85
+
+
+def test_cli_samples_a_class_and_a_grid_by_class(tmp_path, ebmkit_cli):
+    """``ebmkit sample --class K`` / ``--by-class`` on a saved JEM run; a bad class and both
+    options together end in one line with exit code 2."""
+    import ebmkit
+
+    ebmkit.fit(preset="jem-digits8", train=TRAIN, out_dir=tmp_path / "run", **TINY)
+    r = ebmkit_cli("sample", str(tmp_path / "run"), "-n", "3", "--class", "4", "-k", "2",
+                   "-o", str(tmp_path / "c4.png"))
+    code, out, err = r.exit_code, r.stdout, r.stderr
+    assert code == 0 and (tmp_path / "c4.png").is_file() and "3 samples" in out, err
+    r = ebmkit_cli("sample", str(tmp_path / "run"), "-n", "2", "--by-class", "-k", "2",
+                   "-o", str(tmp_path / "grid.png"))
+    code, out, err = r.exit_code, r.stdout, r.stderr
+    assert code == 0 and (tmp_path / "grid.png").is_file() and "20 samples" in out, err
+    for bad in (["--class", "10"], ["--class", "1", "--by-class"]):
+        r = ebmkit_cli("sample", str(tmp_path / "run"), "-n", "2", *bad, "-k", "1",
+                       "-o", str(tmp_path / "x.png"))
+        code, err = r.exit_code, r.stderr
+        assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
